@@ -1,0 +1,3 @@
+fn main() {
+    println!("spotkube-extender: not built yet");
+}

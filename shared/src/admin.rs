@@ -1,0 +1,138 @@
+//! The admin endpoints every spotkube program serves on a plain-HTTP port apart from
+//! its API: `/healthz` (the process answers), `/readyz` (every readiness gate is
+//! open, e.g. caches synced) and `/metrics` (Prometheus text format).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+
+/// Named conditions that must all hold before the process reports ready.
+/// Cloning shares the gates.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    gates: Arc<Mutex<Vec<(String, Arc<AtomicBool>)>>>,
+}
+
+/// One readiness condition; open it once the thing it guards is ready.
+#[derive(Clone)]
+pub struct Gate(Arc<AtomicBool>);
+
+impl Gate {
+    pub fn open(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+    pub fn close(&self) {
+        self.0.store(false, Ordering::Release);
+    }
+    pub fn is_open(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+impl Readiness {
+    /// Adds a closed gate named `name` (shown by `/readyz` while it is closed).
+    pub fn gate(&self, name: &str) -> Gate {
+        let flag = Arc::new(AtomicBool::new(false));
+        self.gates
+            .lock()
+            .expect("readiness lock")
+            .push((name.to_string(), flag.clone()));
+        Gate(flag)
+    }
+
+    /// The names of the gates still closed; empty means ready.
+    pub fn waiting_for(&self) -> Vec<String> {
+        self.gates
+            .lock()
+            .expect("readiness lock")
+            .iter()
+            .filter(|(_, open)| !open.load(Ordering::Acquire))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+}
+
+#[derive(Clone)]
+struct AdminState {
+    registry: Arc<Registry>,
+    readiness: Readiness,
+}
+
+/// The admin router: `/healthz`, `/readyz`, `/metrics`.
+pub fn router(registry: Arc<Registry>, readiness: Readiness) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(AdminState {
+            registry,
+            readiness,
+        })
+}
+
+async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+    let waiting = state.readiness.waiting_for();
+    if waiting.is_empty() {
+        (StatusCode::OK, "ok".to_string())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("waiting for: {}", waiting.join(", ")),
+        )
+    }
+}
+
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// Serves the admin router on `addr` until `shutdown` resolves.
+pub async fn serve(
+    addr: SocketAddr,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "admin endpoints listening (/healthz /readyz /metrics)");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_when_every_gate_is_open() {
+        let readiness = Readiness::default();
+        let cache = readiness.gate("namespace cache");
+        let tls = readiness.gate("tls");
+        assert_eq!(readiness.waiting_for(), vec!["namespace cache", "tls"]);
+        cache.open();
+        assert_eq!(readiness.waiting_for(), vec!["tls"]);
+        tls.open();
+        assert!(readiness.waiting_for().is_empty());
+        cache.close();
+        assert_eq!(readiness.waiting_for(), vec!["namespace cache"]);
+    }
+}
