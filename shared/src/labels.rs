@@ -1,1 +1,23 @@
-//! TODO: filled by its owner.
+//! Well-known Node labels spotkube reads (set by EKS, Karpenter and the kubelet), and the
+//! taint key EKS puts on Fargate nodes.
+
+/// Karpenter's capacity type label: `spot` / `on-demand`.
+pub const KARPENTER_CAPACITY_TYPE: &str = "karpenter.sh/capacity-type";
+/// EKS managed node groups' capacity type label: `SPOT` / `ON_DEMAND`.
+pub const EKS_CAPACITY_TYPE: &str = "eks.amazonaws.com/capacityType";
+/// EKS compute type: `fargate` on Fargate nodes (also the node selector that routes a
+/// pod to a Fargate profile).
+pub const EKS_COMPUTE_TYPE: &str = "eks.amazonaws.com/compute-type";
+/// The value of [`EKS_COMPUTE_TYPE`] on Fargate nodes.
+pub const FARGATE: &str = "fargate";
+/// The EC2 instance type, e.g. `m5.large`.
+pub const INSTANCE_TYPE: &str = "node.kubernetes.io/instance-type";
+/// The availability zone, e.g. `us-east-1a`.
+pub const ZONE: &str = "topology.kubernetes.io/zone";
+/// The region, e.g. `us-east-1`.
+pub const REGION: &str = "topology.kubernetes.io/region";
+/// The node's hostname (per-node topology key).
+pub const HOSTNAME: &str = "kubernetes.io/hostname";
+
+/// Capacity type labels, in the order they are consulted (a configured label comes first).
+pub const CAPACITY_TYPE_LABELS: &[&str] = &[KARPENTER_CAPACITY_TYPE, EKS_CAPACITY_TYPE];
