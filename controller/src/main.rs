@@ -1,3 +1,7 @@
+//! spotkube-controller: turns EC2 interruption events into taints, surges and evictions.
+
+mod decide;
+
 fn main() {
-    println!("spotkube-controller: not built yet");
+    spotkube_shared::telemetry::install_crypto_provider();
 }
