@@ -1,0 +1,252 @@
+//! The two extender verbs over raw request bytes: parse `ExtenderArgs`, decide, and
+//! write the answer. Requests are read into borrowed views (node names stay slices of
+//! the body; only the Pod's metadata is decoded) and answers are written from borrowed
+//! views, so a 5,000-name prioritize call allocates little beyond its output buffer.
+//! The owned wire types live in [`spotkube_shared::extender_api`].
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Node;
+use serde::{Deserialize, Serialize};
+use spotkube_shared::annotations::Capacity;
+use spotkube_shared::node::CapacityType;
+use spotkube_shared::policy::{self, Layers, Policy};
+
+use crate::cache::{Cluster, View};
+use crate::facts::{Interruption, NodeFacts};
+
+/// The scheduler sent something that is not `ExtenderArgs`: answered with HTTP 400.
+#[derive(Debug, thiserror::Error)]
+pub enum BadRequest {
+    #[error("request body is not ExtenderArgs: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("ExtenderArgs carries neither Nodes nor NodeNames")]
+    NoCandidates,
+}
+
+/// Why a node failed the filter (the `FailedNodes` reasons).
+pub const REASON_UNKNOWN: &str = "node is not in spotkube's node cache";
+
+#[derive(Deserialize)]
+struct PodMeta {
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    annotations: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+struct PodView {
+    metadata: PodMeta,
+}
+
+#[derive(Deserialize)]
+struct NodeListIn {
+    #[serde(default)]
+    items: Vec<Node>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ArgsIn<'a> {
+    pod: PodView,
+    #[serde(default)]
+    nodes: Option<NodeListIn>,
+    #[serde(default, borrow)]
+    node_names: Option<Vec<Cow<'a, str>>>,
+}
+
+/// Candidate nodes in either form.
+enum Candidates<'a> {
+    Names(Vec<Cow<'a, str>>),
+    Nodes(Vec<Node>),
+}
+
+fn parse(body: &[u8]) -> Result<(PodView, Candidates<'_>), BadRequest> {
+    let args: ArgsIn = serde_json::from_slice(body)?;
+    let candidates = match (args.node_names, args.nodes) {
+        (Some(names), _) => Candidates::Names(names),
+        (None, Some(list)) => Candidates::Nodes(list.items),
+        (None, None) => return Err(BadRequest::NoCandidates),
+    };
+    Ok((args.pod, candidates))
+}
+
+/// What one request did, for metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub nodes: usize,
+    pub interrupted: usize,
+    pub policy_excluded: usize,
+    pub unknown: usize,
+    /// Prioritize answered without a ranking (neutral scores).
+    pub no_ranking: bool,
+}
+
+/// The pod's resolved policy: cluster defaults < namespace < pod (the pod carries its
+/// template's annotations; the workload object's own metadata is not visible here).
+fn pod_policy(view: &View<'_>, pod: &PodView) -> Policy {
+    let namespace = pod
+        .metadata
+        .namespace
+        .as_deref()
+        .and_then(|ns| view.namespace_annotations(ns));
+    policy::resolve(
+        &Policy::default(),
+        Layers {
+            namespace,
+            workload: None,
+            pod: pod.metadata.annotations.as_ref(),
+        },
+    )
+    .policy
+}
+
+/// Why `policy` keeps the pod off a node of `capacity`, if it does.
+fn policy_exclusion(policy: &Policy, capacity: CapacityType) -> Option<String> {
+    if !policy.enabled {
+        return None;
+    }
+    match (policy.capacity, capacity) {
+        (Capacity::OnDemand, CapacityType::Spot) => {
+            Some("pod policy spotkube.io/capacity=on-demand excludes spot nodes".into())
+        }
+        (Capacity::SpotOnly, c) if c != CapacityType::Spot => Some(format!(
+            "pod policy spotkube.io/capacity=spot-only excludes {c} nodes"
+        )),
+        _ => None,
+    }
+}
+
+fn verdict(policy: &Policy, facts: &NodeFacts, outcome: &mut Outcome) -> Option<String> {
+    if let Interruption::Imminent(reason) = &facts.interruption {
+        outcome.interrupted += 1;
+        return Some(reason.clone());
+    }
+    let excluded = policy_exclusion(policy, facts.capacity);
+    if excluded.is_some() {
+        outcome.policy_excluded += 1;
+    }
+    excluded
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct FilterOut<'a> {
+    nodes: Option<NodeListOut<'a>>,
+    node_names: Option<Vec<&'a str>>,
+    failed_nodes: BTreeMap<&'a str, String>,
+    failed_and_unresolvable_nodes: BTreeMap<&'a str, String>,
+    error: &'static str,
+}
+
+#[derive(Serialize)]
+struct NodeListOut<'a> {
+    items: Vec<&'a Node>,
+}
+
+/// `POST /filter`.
+pub fn filter(cluster: &Cluster, body: &[u8]) -> Result<(Vec<u8>, Outcome), BadRequest> {
+    let (pod, candidates) = parse(body)?;
+    let view = cluster.view();
+    let policy = pod_policy(&view, &pod);
+    let mut outcome = Outcome::default();
+    let mut failed = BTreeMap::new();
+    let out = match &candidates {
+        Candidates::Names(names) => {
+            outcome.nodes = names.len();
+            let mut passed = Vec::with_capacity(names.len());
+            for name in names {
+                match view.node(name) {
+                    None => {
+                        outcome.unknown += 1;
+                        failed.insert(name.as_ref(), REASON_UNKNOWN.to_string());
+                    }
+                    Some(cached) => match verdict(&policy, &cached.facts, &mut outcome) {
+                        Some(reason) => {
+                            failed.insert(name.as_ref(), reason);
+                        }
+                        None => passed.push(name.as_ref()),
+                    },
+                }
+            }
+            FilterOut {
+                nodes: None,
+                node_names: Some(passed),
+                failed_nodes: failed,
+                failed_and_unresolvable_nodes: BTreeMap::new(),
+                error: "",
+            }
+        }
+        Candidates::Nodes(nodes) => {
+            outcome.nodes = nodes.len();
+            let mut passed = Vec::with_capacity(nodes.len());
+            for node in nodes {
+                let name = node.metadata.name.as_deref().unwrap_or_default();
+                let facts = cluster.facts(node);
+                match verdict(&policy, &facts, &mut outcome) {
+                    Some(reason) => {
+                        failed.insert(name, reason);
+                    }
+                    None => passed.push(node),
+                }
+            }
+            FilterOut {
+                nodes: Some(NodeListOut { items: passed }),
+                node_names: None,
+                failed_nodes: failed,
+                failed_and_unresolvable_nodes: BTreeMap::new(),
+                error: "",
+            }
+        }
+    };
+    let bytes = serde_json::to_vec(&out).expect("filter result serializes");
+    Ok((bytes, outcome))
+}
+
+#[derive(Serialize)]
+struct HostPriorityOut<'a> {
+    #[serde(rename = "Host")]
+    host: &'a str,
+    #[serde(rename = "Score")]
+    score: i64,
+}
+
+/// `POST /prioritize`. Unknown names score 0 (prioritize cannot fail a node; filter
+/// already reported them). Without a ranking every known node scores neutral.
+pub fn prioritize(cluster: &Cluster, body: &[u8]) -> Result<(Vec<u8>, Outcome), BadRequest> {
+    let (_pod, candidates) = parse(body)?;
+    let view = cluster.view();
+    let mut outcome = Outcome {
+        no_ranking: !view.index().is_present(),
+        ..Outcome::default()
+    };
+    let scores: Vec<HostPriorityOut> = match &candidates {
+        Candidates::Names(names) => names
+            .iter()
+            .map(|name| HostPriorityOut {
+                host: name,
+                score: match view.node(name) {
+                    Some(cached) => cached.score,
+                    None => {
+                        outcome.unknown += 1;
+                        0
+                    }
+                },
+            })
+            .collect(),
+        Candidates::Nodes(nodes) => nodes
+            .iter()
+            .map(|node| HostPriorityOut {
+                host: node.metadata.name.as_deref().unwrap_or_default(),
+                score: view.index().score(&cluster.facts(node)),
+            })
+            .collect(),
+    };
+    outcome.nodes = scores.len();
+    // ~40 bytes per entry: one allocation for the whole answer.
+    let mut bytes = Vec::with_capacity(scores.len() * 48 + 2);
+    serde_json::to_writer(&mut bytes, &scores).expect("priorities serialize");
+    Ok((bytes, outcome))
+}
