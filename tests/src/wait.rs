@@ -1,0 +1,108 @@
+//! Polling helpers: wait until a condition holds, with a deadline and a clear error.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, ListParams};
+
+use crate::RigError;
+
+/// How often every `wait_*` helper polls.
+pub const POLL: Duration = Duration::from_millis(100);
+
+/// Polls `probe` every 100 ms until it returns `Ok(Some(value))`, for at most `timeout`.
+/// `Ok(None)` and `Err` mean "not yet"; the last error is reported on timeout.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> Result<T, RigError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("condition not met");
+    loop {
+        match probe().await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(e) => last = format!("{e:#}"),
+        }
+        if Instant::now() >= deadline {
+            return Err(RigError::Timeout {
+                what: what.into(),
+                after: timeout,
+                last,
+            });
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Ready endpoints over every EndpointSlice of Service `namespace/service`.
+pub async fn ready_endpoints(
+    client: &kube::Client,
+    namespace: &str,
+    service: &str,
+) -> Result<usize, RigError> {
+    let api: Api<EndpointSlice> = Api::namespaced(client.clone(), namespace);
+    let slices = api
+        .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
+        .await
+        .map_err(|e| {
+            RigError::Kube(format!("list endpointslices of {namespace}/{service}: {e}"))
+        })?;
+    Ok(slices
+        .items
+        .iter()
+        .flat_map(|s| s.endpoints.iter().flatten())
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false))
+        .count())
+}
+
+/// Waits until Service `namespace/service` has at least `count` ready endpoints.
+pub async fn wait_for_ready_endpoints(
+    client: &kube::Client,
+    namespace: &str,
+    service: &str,
+    count: usize,
+    timeout: Duration,
+) -> Result<usize, RigError> {
+    wait_for(
+        &format!("{count} ready endpoints of {namespace}/{service}"),
+        timeout,
+        || async {
+            let ready = ready_endpoints(client, namespace, service).await?;
+            Ok((ready >= count).then_some(ready))
+        },
+    )
+    .await
+}
+
+/// Waits until Deployment `namespace/name` has rolled out: observed its latest generation and
+/// all desired replicas are updated and available.
+pub async fn wait_for_rollout(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<Deployment, RigError> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    wait_for(
+        &format!("rollout of deployment {namespace}/{name}"),
+        timeout,
+        || async {
+            let d = api.get(name).await?;
+            let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            let generation = d.metadata.generation.unwrap_or_default();
+            let Some(status) = d.status.as_ref() else {
+                return Ok(None);
+            };
+            let done = status.observed_generation.unwrap_or_default() >= generation
+                && status.updated_replicas.unwrap_or_default() == desired
+                && status.available_replicas.unwrap_or_default() == desired
+                && status.replicas.unwrap_or_default() == desired;
+            Ok(done.then_some(d))
+        },
+    )
+    .await
+}
