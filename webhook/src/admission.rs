@@ -1,0 +1,236 @@
+//! `POST /mutate`: AdmissionReview in, AdmissionReview (with a JSONPatch) out.
+//!
+//! Bad input is the caller's fault and answered with HTTP 400 and a one-line reason
+//! (413 above the body limit). Anything that goes wrong inside the webhook lets the pod
+//! through unchanged with a warning: spotkube must never block a pod.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use spotkube_shared::policy::{self, Layers, Policy};
+
+use crate::metrics::{KindLabels, Metrics, OutcomeLabels};
+use crate::mutate::{self, MutationConfig};
+use crate::namespaces::NamespaceCache;
+
+/// What the handler needs, shared by all requests.
+pub struct AdmissionState {
+    pub config: MutationConfig,
+    /// Cluster-wide policy defaults (the bottom layer of resolution).
+    pub defaults: Policy,
+    pub namespaces: NamespaceCache,
+    pub metrics: Metrics,
+}
+
+/// How a request ended, for the log line and the metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// A patch was returned.
+    Patched,
+    /// In scope, but the pod already had everything.
+    Unchanged,
+    /// Out of scope: other kind / operation, namespace not opted in, workload opted out.
+    Skipped,
+    /// HTTP 400.
+    Invalid,
+    /// HTTP 413.
+    TooLarge,
+    /// Internal error: allowed unchanged with a warning.
+    Error,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Patched => "patched",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Skipped => "skipped",
+            Outcome::Invalid => "invalid",
+            Outcome::TooLarge => "too-large",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// The `POST /mutate` handler.
+pub async fn mutate_handler(
+    State(state): State<Arc<AdmissionState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let (outcome, uid, namespace, response) = handle(&state, body);
+    let elapsed = started.elapsed();
+    state
+        .metrics
+        .requests
+        .get_or_create(&OutcomeLabels {
+            outcome: outcome.as_str(),
+        })
+        .inc();
+    state.metrics.latency.observe(elapsed.as_secs_f64());
+    tracing::info!(
+        uid = uid.as_deref().unwrap_or(""),
+        namespace = namespace.as_deref().unwrap_or(""),
+        outcome = outcome.as_str(),
+        duration_us = elapsed.as_micros() as u64,
+        "admission"
+    );
+    response
+}
+
+type Handled = (Outcome, Option<String>, Option<String>, Response);
+
+fn bad_request(outcome: Outcome, status: StatusCode, reason: String) -> Handled {
+    // One line, whatever the parser said.
+    let reason = reason.replace('\n', " ");
+    (outcome, None, None, (status, reason + "\n").into_response())
+}
+
+fn handle(state: &AdmissionState, body: Result<Bytes, BytesRejection>) -> Handled {
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) => {
+            let status = rejection.status();
+            let outcome = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                Outcome::TooLarge
+            } else {
+                Outcome::Invalid
+            };
+            return bad_request(outcome, status, rejection.body_text());
+        }
+    };
+    let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return bad_request(
+                Outcome::Invalid,
+                StatusCode::BAD_REQUEST,
+                format!("malformed AdmissionReview: {e}"),
+            );
+        }
+    };
+    if review.types.api_version != "admission.k8s.io/v1" || review.types.kind != "AdmissionReview" {
+        return bad_request(
+            Outcome::Invalid,
+            StatusCode::BAD_REQUEST,
+            format!(
+                "expected apiVersion admission.k8s.io/v1 kind AdmissionReview, got apiVersion {:?} kind {:?}",
+                review.types.api_version, review.types.kind
+            ),
+        );
+    }
+    let request: AdmissionRequest<DynamicObject> = match review.try_into() {
+        Ok(r) => r,
+        Err(_) => {
+            return bad_request(
+                Outcome::Invalid,
+                StatusCode::BAD_REQUEST,
+                "AdmissionReview has no request".into(),
+            );
+        }
+    };
+    let uid = Some(request.uid.clone());
+    let namespace = request.namespace.clone();
+    let base = AdmissionResponse::from(&request);
+
+    // A panic in the mutation must not take the pod down with it.
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        review_pod(state, &request, base.clone())
+    }));
+    let (outcome, response) = match result {
+        Ok(Ok(done)) => done,
+        Ok(Err(message)) => (Outcome::Error, with_warnings(base, vec![message])),
+        Err(_) => (
+            Outcome::Error,
+            with_warnings(
+                base,
+                vec!["spotkube webhook internal error; pod admitted unchanged".into()],
+            ),
+        ),
+    };
+    if outcome == Outcome::Error {
+        tracing::error!(uid = uid.as_deref().unwrap_or(""), warnings = ?response.warnings, "admission failed; pod admitted unchanged");
+    }
+    (
+        outcome,
+        uid,
+        namespace,
+        Json(response.into_review()).into_response(),
+    )
+}
+
+fn with_warnings(mut response: AdmissionResponse, warnings: Vec<String>) -> AdmissionResponse {
+    if !warnings.is_empty() {
+        response.warnings = Some(warnings);
+    }
+    response
+}
+
+/// Decides and builds the response for a well-formed request. `Err` is an internal
+/// error message (the pod is admitted unchanged).
+fn review_pod(
+    state: &AdmissionState,
+    request: &AdmissionRequest<DynamicObject>,
+    base: AdmissionResponse,
+) -> Result<(Outcome, AdmissionResponse), String> {
+    let is_pod = request.kind.group.is_empty() && request.kind.kind == "Pod";
+    if !is_pod || request.operation != Operation::Create || request.sub_resource.is_some() {
+        return Ok((Outcome::Skipped, base));
+    }
+    let Some(object) = &request.object else {
+        return Err(
+            "spotkube webhook: Pod CREATE without an object; pod admitted unchanged".into(),
+        );
+    };
+    let pod: Pod = object.clone().try_parse().map_err(|e| {
+        format!("spotkube webhook could not read the Pod ({e}); pod admitted unchanged")
+    })?;
+    let namespace = request
+        .namespace
+        .as_deref()
+        .or(pod.metadata.namespace.as_deref())
+        .unwrap_or("default");
+    let resolved = state.namespaces.with_annotations(namespace, |ns| {
+        policy::resolve(
+            &state.defaults,
+            Layers {
+                namespace: ns,
+                // The pod template's annotations are the pod's; see README "workload annotations".
+                workload: None,
+                pod: pod.metadata.annotations.as_ref(),
+            },
+        )
+    });
+    if !resolved.policy.enabled {
+        return Ok((Outcome::Skipped, base));
+    }
+    let mut warnings: Vec<String> = resolved.warnings.iter().map(ToString::to_string).collect();
+    let mutation = mutate::mutate(&pod, &resolved.policy, &state.config);
+    warnings.extend(mutation.warnings);
+    if mutation.patch.0.is_empty() {
+        return Ok((Outcome::Unchanged, with_warnings(base, warnings)));
+    }
+    for kind in &mutation.kinds {
+        state
+            .metrics
+            .patches
+            .get_or_create(&KindLabels {
+                kind: kind.as_str(),
+            })
+            .inc();
+    }
+    let response = base.with_patch(mutation.patch).map_err(|e| {
+        format!("spotkube webhook could not serialize its patch ({e}); pod admitted unchanged")
+    })?;
+    Ok((Outcome::Patched, with_warnings(response, warnings)))
+}

@@ -1,0 +1,699 @@
+//! The mutation itself, pure: a Pod, its resolved policy and the webhook's configuration
+//! in, a JSONPatch out. No I/O, so every rule is unit-tested here.
+//!
+//! Rules (see DESIGN.md, "The user-facing contract"):
+//! - spot node affinity: preferred terms (one per configured spot label, configured
+//!   weight) for `spot-preferred`, required terms for `spot-only`, none for `on-demand`.
+//!   The user's own terms are never removed or rewritten. Because required
+//!   `nodeSelectorTerms` are ORed, adding a spot term next to the user's would *widen*
+//!   their constraint; so `spot-only` on a pod that already has required terms gets the
+//!   spot terms as preferred instead, with a warning.
+//! - tolerations for the configured spot taints, each added only when not present.
+//! - one `topologySpreadConstraint` (zones or capacity types, `ScheduleAnyway`) when the
+//!   pod belongs to a replicated workload and has no constraint on that key already.
+//!   "Replicated" is read from the controlling ownerReference (ReplicaSet, StatefulSet,
+//!   ReplicationController): the webhook never calls the API server per request, and a
+//!   `ScheduleAnyway` constraint is harmless while such a workload runs one replica.
+//! - pods bound for Fargate (node selector or required affinity on
+//!   `eks.amazonaws.com/compute-type: fargate`) get no spot affinity, tolerations,
+//!   spread or `schedulerName`: Fargate's own scheduler places them.
+//! - `spotkube.io/protection` (the resolved capacity) and `spotkube.io/mutated-by`.
+//! - `schedulerName` when configured and the pod still uses the default scheduler.
+//!
+//! The patch is the diff between the pod before and after, so a pod that already has
+//! everything (the webhook's own output) yields an empty patch.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
+    PreferredSchedulingTerm, Toleration, TopologySpreadConstraint,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use spotkube_shared::annotations::{self, Capacity, Spread};
+use spotkube_shared::labels;
+use spotkube_shared::policy::Policy;
+
+/// The scheduler name the API server defaults to.
+pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
+
+/// Labels that vary per revision of a workload; a spread selector must not pin one.
+const REVISION_LABELS: &[&str] = &["pod-template-hash", "controller-revision-hash"];
+
+/// Owner kinds that run replicas of one pod template.
+const REPLICATED_OWNERS: &[&str] = &["ReplicaSet", "StatefulSet", "ReplicationController"];
+
+/// How the webhook mutates pods (from its flags).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MutationConfig {
+    /// Node labels that mark spot capacity (`key`, `value`); any one of them is enough.
+    pub spot_labels: Vec<(String, String)>,
+    /// Weight of the preferred spot terms (1..=100).
+    pub preferred_weight: i32,
+    /// Tolerations for the taints spot nodes carry.
+    pub tolerations: Vec<Toleration>,
+    /// spotkube's scheduler profile; `None` leaves `schedulerName` alone.
+    pub scheduler_name: Option<String>,
+    /// The topology key for `spread: capacity-types`.
+    pub capacity_topology_key: String,
+    /// The value of `spotkube.io/mutated-by`.
+    pub mutated_by: String,
+}
+
+impl Default for MutationConfig {
+    fn default() -> Self {
+        MutationConfig {
+            spot_labels: vec![
+                (labels::KARPENTER_CAPACITY_TYPE.into(), "spot".into()),
+                (labels::EKS_CAPACITY_TYPE.into(), "SPOT".into()),
+            ],
+            preferred_weight: 50,
+            tolerations: Vec::new(),
+            scheduler_name: None,
+            capacity_topology_key: labels::KARPENTER_CAPACITY_TYPE.into(),
+            mutated_by: concat!("spotkube-webhook/", env!("CARGO_PKG_VERSION")).into(),
+        }
+    }
+}
+
+/// What a patch changes, for the `patches by kind` metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PatchKind {
+    Affinity,
+    Tolerations,
+    Spread,
+    Annotations,
+    SchedulerName,
+}
+
+impl PatchKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PatchKind::Affinity => "affinity",
+            PatchKind::Tolerations => "tolerations",
+            PatchKind::Spread => "spread",
+            PatchKind::Annotations => "annotations",
+            PatchKind::SchedulerName => "scheduler-name",
+        }
+    }
+}
+
+impl fmt::Display for PatchKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The result of [`mutate`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mutation {
+    /// Empty when the pod already has everything.
+    pub patch: json_patch::Patch,
+    /// What changed, sorted, no duplicates.
+    pub kinds: Vec<PatchKind>,
+    /// Explanations for the user (admission warnings).
+    pub warnings: Vec<String>,
+}
+
+/// A `--spot-toleration` value that is not `KEY[=VALUE]:EFFECT`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "toleration {0:?} is not KEY[=VALUE]:EFFECT with EFFECT NoSchedule, PreferNoSchedule or NoExecute"
+)]
+pub struct InvalidToleration(pub String);
+
+/// Parses `KEY[=VALUE]:EFFECT` (`Equal` with a value, `Exists` without).
+pub fn parse_toleration(s: &str) -> Result<Toleration, InvalidToleration> {
+    let err = || InvalidToleration(s.to_string());
+    let (kv, effect) = s.rsplit_once(':').ok_or_else(err)?;
+    if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
+        return Err(err());
+    }
+    let (key, value) = match kv.split_once('=') {
+        Some((k, v)) => (k, Some(v)),
+        None => (kv, None),
+    };
+    if key.is_empty() {
+        return Err(err());
+    }
+    Ok(Toleration {
+        key: Some(key.to_string()),
+        operator: Some(if value.is_some() { "Equal" } else { "Exists" }.to_string()),
+        value: value.map(str::to_string),
+        effect: Some(effect.to_string()),
+        toleration_seconds: None,
+    })
+}
+
+/// Whether the pod targets Fargate (node selector or required node affinity on
+/// `eks.amazonaws.com/compute-type: fargate`).
+pub fn is_fargate_bound(pod: &Pod) -> bool {
+    let Some(spec) = &pod.spec else { return false };
+    if spec.node_selector.as_ref().is_some_and(|s| {
+        s.get(labels::EKS_COMPUTE_TYPE).map(String::as_str) == Some(labels::FARGATE)
+    }) {
+        return true;
+    }
+    required_terms(pod).iter().any(|term| {
+        term.match_expressions.iter().flatten().any(|e| {
+            e.key == labels::EKS_COMPUTE_TYPE
+                && e.operator == "In"
+                && e.values.iter().flatten().any(|v| v == labels::FARGATE)
+        })
+    })
+}
+
+/// Whether the pod's controlling owner runs replicas of it.
+pub fn is_replicated(pod: &Pod) -> bool {
+    pod.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && REPLICATED_OWNERS.contains(&o.kind.as_str()))
+}
+
+fn required_terms(pod: &Pod) -> &[NodeSelectorTerm] {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.affinity.as_ref())
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|n| {
+            n.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
+        .map_or(&[], |r| r.node_selector_terms.as_slice())
+}
+
+/// Computes the patch for one pod. Call it only for pods whose policy is enabled.
+pub fn mutate(pod: &Pod, policy: &Policy, config: &MutationConfig) -> Mutation {
+    let mut out = pod.clone();
+    let mut kinds = Vec::new();
+    let mut warnings = Vec::new();
+    let fargate = is_fargate_bound(pod);
+
+    if !fargate {
+        if add_spot_affinity(&mut out, policy.capacity, config, &mut warnings) {
+            kinds.push(PatchKind::Affinity);
+        }
+        if policy.capacity != Capacity::OnDemand && add_tolerations(&mut out, &config.tolerations) {
+            kinds.push(PatchKind::Tolerations);
+        }
+        if is_replicated(pod) && add_spread(&mut out, policy.spread, config, &mut warnings) {
+            kinds.push(PatchKind::Spread);
+        }
+        if let Some(name) = &config.scheduler_name
+            && set_scheduler_name(&mut out, name)
+        {
+            kinds.push(PatchKind::SchedulerName);
+        }
+    }
+    if set_annotations(&mut out, policy.capacity, &config.mutated_by) {
+        kinds.push(PatchKind::Annotations);
+    }
+
+    kinds.sort();
+    let patch = if kinds.is_empty() {
+        json_patch::Patch(Vec::new())
+    } else {
+        let before = serde_json::to_value(pod).expect("a Pod serializes");
+        let after = serde_json::to_value(&out).expect("a Pod serializes");
+        json_patch::diff(&before, &after)
+    };
+    Mutation {
+        patch,
+        kinds,
+        warnings,
+    }
+}
+
+fn spot_requirement(key: &str, value: &str) -> NodeSelectorRequirement {
+    NodeSelectorRequirement {
+        key: key.to_string(),
+        operator: "In".to_string(),
+        values: Some(vec![value.to_string()]),
+    }
+}
+
+fn spot_term(key: &str, value: &str) -> NodeSelectorTerm {
+    NodeSelectorTerm {
+        match_expressions: Some(vec![spot_requirement(key, value)]),
+        match_fields: None,
+    }
+}
+
+fn node_affinity(pod: &mut Pod) -> &mut NodeAffinity {
+    pod.spec
+        .get_or_insert_with(Default::default)
+        .affinity
+        .get_or_insert_with(Affinity::default)
+        .node_affinity
+        .get_or_insert_with(NodeAffinity::default)
+}
+
+/// Adds the spot terms the capacity asks for; true when something was added.
+fn add_spot_affinity(
+    pod: &mut Pod,
+    capacity: Capacity,
+    config: &MutationConfig,
+    warnings: &mut Vec<String>,
+) -> bool {
+    if config.spot_labels.is_empty() {
+        return false;
+    }
+    let required = match capacity {
+        Capacity::OnDemand => return false,
+        Capacity::SpotPreferred => false,
+        Capacity::SpotOnly => {
+            let ours: Vec<NodeSelectorTerm> = config
+                .spot_labels
+                .iter()
+                .map(|(k, v)| spot_term(k, v))
+                .collect();
+            let existing = required_terms(pod);
+            if existing.is_empty() || existing == ours.as_slice() {
+                true
+            } else {
+                warnings.push(format!(
+                    "{}: spot-only added as preferred node affinity because the pod has its own required node affinity, which spotkube does not rewrite",
+                    annotations::CAPACITY
+                ));
+                false
+            }
+        }
+    };
+    let node_affinity = node_affinity(pod);
+    let mut changed = false;
+    if required {
+        let selector = node_affinity
+            .required_during_scheduling_ignored_during_execution
+            .get_or_insert_with(NodeSelector::default);
+        for (k, v) in &config.spot_labels {
+            let term = spot_term(k, v);
+            if !selector.node_selector_terms.contains(&term) {
+                selector.node_selector_terms.push(term);
+                changed = true;
+            }
+        }
+    } else {
+        let preferred = node_affinity
+            .preferred_during_scheduling_ignored_during_execution
+            .get_or_insert_with(Vec::new);
+        for (k, v) in &config.spot_labels {
+            let term = PreferredSchedulingTerm {
+                weight: config.preferred_weight,
+                preference: spot_term(k, v),
+            };
+            // Any preference on the same label/value counts (the user may have set
+            // their own weight): never add a second one.
+            let present = preferred.iter().any(|p| {
+                p.preference
+                    .match_expressions
+                    .iter()
+                    .flatten()
+                    .any(|e| *e == term.preference.match_expressions.as_ref().unwrap()[0])
+            });
+            if !present {
+                preferred.push(term);
+                changed = true;
+            }
+        }
+    }
+    changed
+}
+
+fn tolerates(existing: &Toleration, wanted: &Toleration) -> bool {
+    let op = |t: &Toleration| t.operator.clone().unwrap_or_else(|| "Equal".into());
+    // An empty-key Exists toleration tolerates everything.
+    if existing.key.as_deref().unwrap_or("").is_empty() && op(existing) == "Exists" {
+        return existing.effect.is_none() || existing.effect == wanted.effect;
+    }
+    existing.key == wanted.key
+        && (existing.effect.is_none() || existing.effect == wanted.effect)
+        && (op(existing) == "Exists"
+            || (op(existing) == op(wanted) && existing.value == wanted.value))
+}
+
+fn add_tolerations(pod: &mut Pod, wanted: &[Toleration]) -> bool {
+    let spec = pod.spec.get_or_insert_with(Default::default);
+    let mut changed = false;
+    for t in wanted {
+        let list = spec.tolerations.get_or_insert_with(Vec::new);
+        if !list.iter().any(|e| tolerates(e, t)) {
+            list.push(t.clone());
+            changed = true;
+        }
+    }
+    changed
+}
+
+fn add_spread(
+    pod: &mut Pod,
+    spread: Spread,
+    config: &MutationConfig,
+    warnings: &mut Vec<String>,
+) -> bool {
+    let key = match spread {
+        Spread::None => return false,
+        Spread::Zones => labels::ZONE.to_string(),
+        Spread::CapacityTypes => config.capacity_topology_key.clone(),
+    };
+    let match_labels: BTreeMap<String, String> = pod
+        .metadata
+        .labels
+        .iter()
+        .flatten()
+        .filter(|(k, _)| !REVISION_LABELS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let spec = pod.spec.get_or_insert_with(Default::default);
+    let constraints = spec
+        .topology_spread_constraints
+        .get_or_insert_with(Vec::new);
+    if constraints.iter().any(|c| c.topology_key == key) {
+        return false;
+    }
+    if match_labels.is_empty() {
+        warnings.push(format!(
+            "{}: no topology spread added because the pod has no labels to select its replicas by",
+            annotations::SPREAD
+        ));
+        if constraints.is_empty() {
+            spec.topology_spread_constraints = None;
+        }
+        return false;
+    }
+    constraints.push(TopologySpreadConstraint {
+        max_skew: 1,
+        topology_key: key,
+        when_unsatisfiable: "ScheduleAnyway".to_string(),
+        label_selector: Some(LabelSelector {
+            match_labels: Some(match_labels),
+            match_expressions: None,
+        }),
+        ..Default::default()
+    });
+    true
+}
+
+fn set_scheduler_name(pod: &mut Pod, name: &str) -> bool {
+    let spec = pod.spec.get_or_insert_with(Default::default);
+    match spec.scheduler_name.as_deref() {
+        None | Some("") | Some(DEFAULT_SCHEDULER) => {
+            spec.scheduler_name = Some(name.to_string());
+            true
+        }
+        // The user picked a scheduler, or it is already ours.
+        Some(_) => false,
+    }
+}
+
+fn set_annotations(pod: &mut Pod, capacity: Capacity, mutated_by: &str) -> bool {
+    let map = pod.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    let mut changed = false;
+    for (k, v) in [
+        (annotations::PROTECTION, capacity.as_str()),
+        (annotations::MUTATED_BY, mutated_by),
+    ] {
+        if map.get(k).map(String::as_str) != Some(v) {
+            map.insert(k.to_string(), v.to_string());
+            changed = true;
+        }
+    }
+    changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::PodSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+    use kube::api::ObjectMeta;
+    use serde_json::json;
+
+    fn policy(capacity: Capacity, spread: Spread) -> Policy {
+        Policy {
+            enabled: true,
+            capacity,
+            spread,
+            ..Policy::default()
+        }
+    }
+
+    fn config() -> MutationConfig {
+        MutationConfig {
+            tolerations: vec![parse_toleration("spot=true:NoSchedule").unwrap()],
+            scheduler_name: Some("spotkube-scheduler".into()),
+            mutated_by: "spotkube-webhook/test".into(),
+            ..MutationConfig::default()
+        }
+    }
+
+    fn replicated_pod() -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                labels: Some(BTreeMap::from([
+                    ("app".to_string(), "web".to_string()),
+                    ("pod-template-hash".to_string(), "abc".to_string()),
+                ])),
+                owner_references: Some(vec![OwnerReference {
+                    api_version: "apps/v1".into(),
+                    kind: "ReplicaSet".into(),
+                    name: "web-abc".into(),
+                    uid: "u".into(),
+                    controller: Some(true),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                scheduler_name: Some(DEFAULT_SCHEDULER.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn apply(pod: &Pod, m: &Mutation) -> Pod {
+        let mut v = serde_json::to_value(pod).unwrap();
+        json_patch::patch(&mut v, &m.patch).unwrap();
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn spot_preferred_replicated_pod_gets_everything_once() {
+        let pod = replicated_pod();
+        let p = policy(Capacity::SpotPreferred, Spread::Zones);
+        let m = mutate(&pod, &p, &config());
+        assert_eq!(
+            m.kinds,
+            vec![
+                PatchKind::Affinity,
+                PatchKind::Tolerations,
+                PatchKind::Spread,
+                PatchKind::Annotations,
+                PatchKind::SchedulerName
+            ]
+        );
+        let out = apply(&pod, &m);
+        let spec = out.spec.as_ref().unwrap();
+        let na = spec
+            .affinity
+            .as_ref()
+            .unwrap()
+            .node_affinity
+            .as_ref()
+            .unwrap();
+        assert!(
+            na.required_during_scheduling_ignored_during_execution
+                .is_none()
+        );
+        let pref = na
+            .preferred_during_scheduling_ignored_during_execution
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            serde_json::to_value(pref).unwrap(),
+            json!([
+                {"weight": 50, "preference": {"matchExpressions": [{"key": "karpenter.sh/capacity-type", "operator": "In", "values": ["spot"]}]}},
+                {"weight": 50, "preference": {"matchExpressions": [{"key": "eks.amazonaws.com/capacityType", "operator": "In", "values": ["SPOT"]}]}}
+            ])
+        );
+        assert_eq!(
+            serde_json::to_value(spec.tolerations.as_ref().unwrap()).unwrap(),
+            json!([{"key": "spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"}])
+        );
+        assert_eq!(
+            serde_json::to_value(spec.topology_spread_constraints.as_ref().unwrap()).unwrap(),
+            json!([{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": {"app": "web"}}}])
+        );
+        assert_eq!(spec.scheduler_name.as_deref(), Some("spotkube-scheduler"));
+        let ann = out.metadata.annotations.as_ref().unwrap();
+        assert_eq!(ann[annotations::PROTECTION], "spot-preferred");
+        assert_eq!(ann[annotations::MUTATED_BY], "spotkube-webhook/test");
+
+        let again = mutate(&out, &p, &config());
+        assert!(again.patch.0.is_empty(), "{:?}", again.patch);
+        assert!(again.kinds.is_empty());
+    }
+
+    #[test]
+    fn spot_only_is_required_unless_the_user_has_required_terms() {
+        let pod = replicated_pod();
+        let p = policy(Capacity::SpotOnly, Spread::None);
+        let out = apply(&pod, &mutate(&pod, &p, &config()));
+        let na = out
+            .spec
+            .as_ref()
+            .unwrap()
+            .affinity
+            .clone()
+            .unwrap()
+            .node_affinity
+            .unwrap();
+        assert_eq!(
+            na.required_during_scheduling_ignored_during_execution
+                .unwrap()
+                .node_selector_terms
+                .len(),
+            2
+        );
+        assert!(
+            out.spec
+                .as_ref()
+                .unwrap()
+                .topology_spread_constraints
+                .is_none()
+        );
+        assert!(mutate(&out, &p, &config()).patch.0.is_empty());
+
+        let mut user = replicated_pod();
+        let user_term = NodeSelectorTerm {
+            match_expressions: Some(vec![NodeSelectorRequirement {
+                key: "kubernetes.io/arch".into(),
+                operator: "In".into(),
+                values: Some(vec!["arm64".into()]),
+            }]),
+            match_fields: None,
+        };
+        user.spec.as_mut().unwrap().affinity = Some(Affinity {
+            node_affinity: Some(NodeAffinity {
+                required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                    node_selector_terms: vec![user_term.clone()],
+                }),
+                preferred_during_scheduling_ignored_during_execution: Some(vec![
+                    PreferredSchedulingTerm {
+                        weight: 7,
+                        preference: spot_term(labels::KARPENTER_CAPACITY_TYPE, "spot"),
+                    },
+                ]),
+            }),
+            ..Default::default()
+        });
+        let m = mutate(&user, &p, &config());
+        assert_eq!(m.warnings.len(), 1);
+        let na = apply(&user, &m)
+            .spec
+            .unwrap()
+            .affinity
+            .unwrap()
+            .node_affinity
+            .unwrap();
+        assert_eq!(
+            na.required_during_scheduling_ignored_during_execution
+                .unwrap()
+                .node_selector_terms,
+            vec![user_term],
+            "user's required terms untouched"
+        );
+        let pref = na
+            .preferred_during_scheduling_ignored_during_execution
+            .unwrap();
+        assert_eq!(
+            pref.len(),
+            2,
+            "the user's own spot preference is kept, not duplicated"
+        );
+        assert_eq!(pref[0].weight, 7);
+        assert_eq!(
+            pref[1].preference,
+            spot_term(labels::EKS_CAPACITY_TYPE, "SPOT")
+        );
+    }
+
+    #[test]
+    fn on_demand_gets_only_annotations_and_scheduler() {
+        let pod = replicated_pod();
+        let m = mutate(
+            &pod,
+            &policy(Capacity::OnDemand, Spread::CapacityTypes),
+            &config(),
+        );
+        assert_eq!(
+            m.kinds,
+            vec![
+                PatchKind::Spread,
+                PatchKind::Annotations,
+                PatchKind::SchedulerName
+            ]
+        );
+        let out = apply(&pod, &m);
+        assert!(out.spec.as_ref().unwrap().affinity.is_none());
+        assert!(out.spec.as_ref().unwrap().tolerations.is_none());
+        assert_eq!(
+            out.spec.unwrap().topology_spread_constraints.unwrap()[0].topology_key,
+            labels::KARPENTER_CAPACITY_TYPE
+        );
+    }
+
+    #[test]
+    fn fargate_bound_pods_get_no_spot_affinity_or_scheduler() {
+        let mut pod = replicated_pod();
+        pod.spec.as_mut().unwrap().node_selector = Some(BTreeMap::from([(
+            labels::EKS_COMPUTE_TYPE.to_string(),
+            labels::FARGATE.to_string(),
+        )]));
+        assert!(is_fargate_bound(&pod));
+        let m = mutate(&pod, &policy(Capacity::SpotOnly, Spread::Zones), &config());
+        assert_eq!(m.kinds, vec![PatchKind::Annotations]);
+        let out = apply(&pod, &m);
+        assert_eq!(
+            out.spec.unwrap().scheduler_name.as_deref(),
+            Some(DEFAULT_SCHEDULER)
+        );
+    }
+
+    #[test]
+    fn user_choices_are_kept() {
+        let mut pod = replicated_pod();
+        pod.metadata.owner_references = None; // a bare pod: no spread
+        let spec = pod.spec.as_mut().unwrap();
+        spec.scheduler_name = Some("my-scheduler".into());
+        spec.tolerations = Some(vec![Toleration {
+            key: Some("spot".into()),
+            operator: Some("Exists".into()),
+            ..Default::default()
+        }]);
+        let m = mutate(
+            &pod,
+            &policy(Capacity::SpotPreferred, Spread::Zones),
+            &config(),
+        );
+        assert_eq!(m.kinds, vec![PatchKind::Affinity, PatchKind::Annotations]);
+        let out = apply(&pod, &m);
+        let spec = out.spec.unwrap();
+        assert_eq!(spec.scheduler_name.as_deref(), Some("my-scheduler"));
+        assert_eq!(spec.tolerations.unwrap().len(), 1);
+        assert!(spec.topology_spread_constraints.is_none());
+    }
+
+    #[test]
+    fn tolerations_parse() {
+        let t = parse_toleration("spot:NoExecute").unwrap();
+        assert_eq!(t.operator.as_deref(), Some("Exists"));
+        assert_eq!(t.value, None);
+        for bad in ["spot", "spot=true:Never", ":NoSchedule"] {
+            assert!(parse_toleration(bad).is_err(), "{bad}");
+        }
+    }
+}
