@@ -1,7 +1,174 @@
-//! spotkube-controller: turns EC2 interruption events into taints, surges and evictions.
+//! spotkube-controller: turns EC2 interruption events into taints, surges and
+//! evictions before the instance goes.
 
+mod act;
 mod decide;
+mod intake;
+mod leader;
+mod metrics;
+mod nodes_index;
+mod sqs;
+mod state;
+mod view;
 
-fn main() {
-    spotkube_shared::telemetry::install_crypto_provider();
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use prometheus_client::registry::Registry;
+use spotkube_shared::admin::{self, Readiness};
+use spotkube_shared::policy::Policy;
+use spotkube_shared::telemetry::{self, LogFormat};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "spotkube-controller", version, about)]
+struct Cli {
+    #[arg(long, env = "SPOTKUBE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// `run`'s flags, so that `spotkube-controller --queue-url URL` runs.
+    #[command(flatten)]
+    run: Option<RunArgs>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Consume interruption events and act on them (the default).
+    Run(RunArgs),
+    /// Show or change a workload's spotkube state, for operators.
+    State(state::StateArgs),
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    /// The SQS queue EventBridge delivers interruption events to.
+    #[arg(long, env = "SPOTKUBE_QUEUE_URL")]
+    queue_url: String,
+    /// AWS region (else from the AWS environment / config).
+    #[arg(long, env = "SPOTKUBE_REGION")]
+    region: Option<String>,
+    /// How long a received message stays invisible while being acted on.
+    #[arg(long, env = "SPOTKUBE_VISIBILITY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    visibility_timeout: Duration,
+    /// Disable the AWS SDK's retries (tests against moto).
+    #[arg(long, env = "SPOTKUBE_AWS_DISABLE_RETRIES")]
+    aws_disable_retries: bool,
+    #[arg(long, env = "SPOTKUBE_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
+    admin_listen: SocketAddr,
+    /// Namespace of the leader-election Lease.
+    #[arg(
+        long,
+        env = "SPOTKUBE_LEASE_NAMESPACE",
+        default_value = "spotkube-system"
+    )]
+    lease_namespace: String,
+    #[arg(
+        long,
+        env = "SPOTKUBE_LEASE_NAME",
+        default_value = "spotkube-controller"
+    )]
+    lease_name: String,
+    /// Seconds a lease stays valid after its last renewal (failover time).
+    #[arg(long, env = "SPOTKUBE_LEASE_DURATION", default_value_t = 15)]
+    lease_duration: u64,
+    /// This replica's identity (default: the pod name from POD_NAME, else HOSTNAME + pid).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How often to look for scaled surges whose hold is over.
+    #[arg(long, env = "SPOTKUBE_SCALE_BACK_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    scale_back_interval: Duration,
+}
+
+fn main() -> anyhow::Result<()> {
+    telemetry::install_crypto_provider();
+    let cli = Cli::parse();
+    telemetry::init_logging(cli.log_format);
+    let runtime = tokio::runtime::Runtime::new()?;
+    match (cli.command, cli.run) {
+        (Some(Command::Run(args)), _) | (None, Some(args)) => runtime.block_on(run(args)),
+        (Some(Command::State(args)), _) => runtime.block_on(state::main(args)),
+        (None, None) => anyhow::bail!("missing --queue-url (see --help)"),
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("building the kube client (KUBECONFIG or in-cluster)")?;
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "spotkube-controller".into());
+        format!("{host}-{}", std::process::id())
+    });
+
+    let mut registry = Registry::default();
+    let metrics = metrics::Metrics::register(&mut registry);
+    let readiness = Readiness::default();
+    let nodes_synced = readiness.gate("nodes index");
+    let leading = readiness.gate("leader");
+    // A standby is healthy and ready to take over; /readyz only reports the cache.
+    leading.open();
+
+    let stop = CancellationToken::new();
+    let admin_stop = stop.clone();
+    let admin_task = tokio::spawn(admin::serve(
+        args.admin_listen,
+        admin::router(Arc::new(registry), readiness.clone()),
+        async move { admin_stop.cancelled().await },
+    ));
+
+    let nodes = nodes_index::NodesIndex::default();
+    let index_task = tokio::spawn(nodes.clone().run(client.clone(), nodes_synced.clone()));
+
+    let sqs = sqs::client(args.region.clone(), args.aws_disable_retries).await;
+    let actor = act::Actor::new(client.clone(), Some(identity.clone()), metrics);
+    let intake = intake::Intake {
+        sqs,
+        queue_url: args.queue_url.clone(),
+        visibility_timeout: args.visibility_timeout,
+        nodes,
+        actor: actor.clone(),
+        defaults: Policy::default(),
+    };
+    let scale_back_every = args.scale_back_interval;
+    let work = move |token: CancellationToken| {
+        let intake = intake.clone();
+        let actor = actor.clone();
+        let synced = nodes_synced.clone();
+        async move {
+            // Never map instances to nodes on a partial index.
+            while !synced.is_open() {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+            let scale_back =
+                tokio::spawn(act::run_scale_back(actor, scale_back_every, token.clone()));
+            intake.run(token).await;
+            let _ = scale_back.await;
+        }
+    };
+    let result = leader::run_while_leader(
+        client,
+        leader::LeaderConfig {
+            namespace: args.lease_namespace,
+            lease_name: args.lease_name,
+            identity,
+            duration_secs: args.lease_duration,
+            grace_secs: (args.lease_duration / 3).max(1),
+        },
+        leading,
+        work,
+        telemetry::shutdown_signal(),
+    )
+    .await;
+    tracing::info!("shutting down");
+    stop.cancel();
+    index_task.abort();
+    let _ = admin_task.await;
+    result
 }

@@ -1,0 +1,174 @@
+//! Refreshes the ranking on an interval and publishes it to ConfigMap
+//! `spotkube-system/spotkube-ranking` (key `ranking.json`) only when its content
+//! changed. A failed refresh leaves the published ranking — the last good one — in
+//! place, counts the failure and logs it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use spotkube_shared::ranking::{
+    CONFIGMAP_KEY, CONFIGMAP_NAME, CONFIGMAP_NAMESPACE, Criteria, Ranking, compute,
+};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::{AnySource, PriceSource};
+
+/// The default refresh interval.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10 * 60);
+const FIELD_MANAGER: &str = "spotkube-controller";
+
+#[derive(Clone, Default)]
+pub struct RefreshMetrics {
+    pub refreshes: Counter,
+    pub failures: Counter,
+    pub writes: Counter,
+    pub last_success_seconds: Gauge,
+}
+
+impl RefreshMetrics {
+    pub fn register(registry: &mut Registry) -> RefreshMetrics {
+        let m = RefreshMetrics::default();
+        let r = registry.sub_registry_with_prefix("spotkube_ranking");
+        r.register(
+            "refreshes",
+            "Ranking refreshes attempted",
+            m.refreshes.clone(),
+        );
+        r.register(
+            "refresh_failures",
+            "Ranking refreshes that failed (the last good ranking stays published)",
+            m.failures.clone(),
+        );
+        r.register(
+            "configmap_writes",
+            "Ranking ConfigMap writes (only on change)",
+            m.writes.clone(),
+        );
+        r.register(
+            "last_success_timestamp_seconds",
+            "Unix time of the last successful refresh",
+            m.last_success_seconds.clone(),
+        );
+        m
+    }
+}
+
+/// What one refresh did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refreshed {
+    Written,
+    Unchanged,
+}
+
+/// Where the ranking is published.
+#[derive(Clone)]
+pub struct Target {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl Default for Target {
+    fn default() -> Self {
+        Target {
+            namespace: CONFIGMAP_NAMESPACE.into(),
+            name: CONFIGMAP_NAME.into(),
+        }
+    }
+}
+
+/// Computes a ranking and writes it when its content differs from the published one.
+pub async fn refresh_once(
+    client: &Client,
+    target: &Target,
+    source: &impl PriceSource,
+    criteria: &Criteria,
+) -> anyhow::Result<Refreshed> {
+    let book = source.price_book(criteria).await?;
+    let ranking = compute(&book, criteria, source.name(), jiff::Timestamp::now());
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &target.namespace);
+    let current = api
+        .get_opt(&target.name)
+        .await?
+        .and_then(|cm| cm.data?.remove(CONFIGMAP_KEY))
+        .and_then(|text| Ranking::from_json(&text).ok());
+    if current.is_some_and(|c| c.same_content(&ranking)) {
+        return Ok(Refreshed::Unchanged);
+    }
+    let cm = ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some(target.name.clone()),
+            namespace: Some(target.namespace.clone()),
+            labels: Some(BTreeMap::from([(
+                "app.kubernetes.io/part-of".to_string(),
+                "spotkube".to_string(),
+            )])),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            CONFIGMAP_KEY.to_string(),
+            ranking.to_json(),
+        )])),
+        ..Default::default()
+    };
+    let mut value = serde_json::to_value(&cm)?;
+    value["apiVersion"] = "v1".into();
+    value["kind"] = "ConfigMap".into();
+    api.patch(
+        &target.name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(value),
+    )
+    .await?;
+    Ok(Refreshed::Written)
+}
+
+/// Refreshes every `interval` until `cancel` fires. Run it on the leader only.
+pub fn spawn(
+    client: Client,
+    source: Arc<AnySource>,
+    criteria: Criteria,
+    interval: Duration,
+    target: Target,
+    metrics: RefreshMetrics,
+    cancel: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            metrics.refreshes.inc();
+            match refresh_once(&client, &target, source.as_ref(), &criteria).await {
+                Ok(outcome) => {
+                    metrics
+                        .last_success_seconds
+                        .set(jiff::Timestamp::now().as_second());
+                    if outcome == Refreshed::Written {
+                        metrics.writes.inc();
+                        tracing::info!(source = source.name(), configmap = %format!("{}/{}", target.namespace, target.name), "ranking changed; published");
+                    } else {
+                        tracing::debug!("ranking unchanged");
+                    }
+                }
+                Err(e) => {
+                    metrics.failures.inc();
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        "ranking refresh failed; the last good ranking stays published"
+                    );
+                }
+            }
+        }
+    })
+}
