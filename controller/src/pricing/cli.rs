@@ -88,11 +88,15 @@ pub async fn run(args: RankArgs) -> anyhow::Result<()> {
     let criteria = args.criteria();
     let book = source.price_book(&criteria).await?;
     let ranking = compute(&book, &criteria, source.name(), jiff::Timestamp::now());
-    match args.output {
-        Output::Json => println!("{}", ranking.to_json()),
-        Output::Table => print!("{}", table(&ranking)),
+    let text = match args.output {
+        Output::Json => ranking.to_json() + "\n",
+        Output::Table => table(&ranking),
+    };
+    // A closed pipe (`rank | head`) is the reader's choice, not an error.
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// The ranking as an aligned text table.
