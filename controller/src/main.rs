@@ -2,12 +2,13 @@
 //! evictions before the instance goes.
 
 mod act;
+mod aws;
 mod decide;
 mod intake;
 mod leader;
 mod metrics;
 mod nodes_index;
-mod sqs;
+mod pricing;
 mod state;
 mod view;
 
@@ -24,7 +25,12 @@ use spotkube_shared::telemetry::{self, LogFormat};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "spotkube-controller", version, about)]
+#[command(
+    name = "spotkube-controller",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[arg(long, env = "SPOTKUBE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
@@ -41,6 +47,8 @@ enum Command {
     Run(RunArgs),
     /// Show or change a workload's spotkube state, for operators.
     State(state::StateArgs),
+    /// Print the spot price ranking per AZ (table or the ranking JSON).
+    Rank(pricing::cli::RankArgs),
 }
 
 #[derive(Args, Clone)]
@@ -91,6 +99,7 @@ fn main() -> anyhow::Result<()> {
     match (cli.command, cli.run) {
         (Some(Command::Run(args)), _) | (None, Some(args)) => runtime.block_on(run(args)),
         (Some(Command::State(args)), _) => runtime.block_on(state::main(args)),
+        (Some(Command::Rank(args)), _) => runtime.block_on(pricing::cli::run(args)),
         (None, None) => anyhow::bail!("missing --queue-url (see --help)"),
     }
 }
@@ -123,7 +132,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let nodes = nodes_index::NodesIndex::default();
     let index_task = tokio::spawn(nodes.clone().run(client.clone(), nodes_synced.clone()));
 
-    let sqs = sqs::client(args.region.clone(), args.aws_disable_retries).await;
+    let sqs = aws_sdk_sqs::Client::new(
+        &aws::sdk_config(args.region.clone(), args.aws_disable_retries).await,
+    );
     let actor = act::Actor::new(client.clone(), Some(identity.clone()), metrics);
     let intake = intake::Intake {
         sqs,

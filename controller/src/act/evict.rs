@@ -1,0 +1,71 @@
+//! Eviction through the Eviction API, so PodDisruptionBudgets are respected: a 429
+//! (budget exhausted) is retried until the deadline.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::EvictParams;
+use kube::runtime::events::EventType;
+use kube::{Api, Resource};
+
+use super::Actor;
+
+/// Without a deadline (early evictions), how long to keep retrying.
+const DEFAULT_PATIENCE: Duration = Duration::from_secs(600);
+const RETRY_EVERY: Duration = Duration::from_secs(2);
+
+pub fn spawn(actor: Actor, namespace: String, name: String, deadline: Option<Timestamp>) {
+    tokio::spawn(async move {
+        let outcome = evict_until(&actor, &namespace, &name, deadline).await;
+        actor.metrics.action("evict-done", outcome);
+    });
+}
+
+async fn evict_until(
+    actor: &Actor,
+    namespace: &str,
+    name: &str,
+    deadline: Option<Timestamp>,
+) -> &'static str {
+    let pods: Api<Pod> = Api::namespaced(actor.client.clone(), namespace);
+    let give_up = deadline.unwrap_or_else(|| {
+        Timestamp::now()
+            .checked_add(DEFAULT_PATIENCE)
+            .unwrap_or(Timestamp::MAX)
+    });
+    loop {
+        match pods.evict(name, &EvictParams::default()).await {
+            Ok(_) => {
+                tracing::info!(namespace, pod = name, "pod evicted");
+                if let Ok(Some(pod)) = pods.get_opt(name).await {
+                    actor
+                        .event(
+                            &pod.object_ref(&()),
+                            EventType::Normal,
+                            "Evicted",
+                            "evicted by spotkube: its node is being interrupted".into(),
+                        )
+                        .await;
+                }
+                return "evicted";
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => return "gone",
+            Err(kube::Error::Api(s)) if s.code == 429 => {
+                tracing::debug!(
+                    namespace,
+                    pod = name,
+                    "eviction blocked by a PodDisruptionBudget; retrying"
+                );
+            }
+            Err(error) => {
+                tracing::warn!(namespace, pod = name, %error, "eviction failed; retrying")
+            }
+        }
+        if Timestamp::now() >= give_up {
+            tracing::warn!(namespace, pod = name, "eviction deadline passed");
+            return "deadline";
+        }
+        tokio::time::sleep(RETRY_EVERY).await;
+    }
+}

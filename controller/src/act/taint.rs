@@ -1,0 +1,131 @@
+//! Node actions: taint + cordon + notice in one optimistic-concurrency patch, and the
+//! clean-up when the instance is gone.
+
+use k8s_openapi::api::core::v1::{Node, Taint};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::EventType;
+use kube::{Api, Resource};
+use serde_json::json;
+use spotkube_shared::annotations::{INTERRUPTION, INTERRUPTION_TAINT, InterruptionNotice};
+
+use super::{ActError, Actor};
+use crate::decide::TaintEffect;
+
+const ATTEMPTS: usize = 5;
+
+/// Replaces spotkube's taint (if any) with `effect`, cordons when asked, and records
+/// the notice. The taint list is rewritten under the Node's resourceVersion so no
+/// concurrent taint change is lost.
+pub async fn mark(
+    actor: &Actor,
+    node_name: &str,
+    effect: TaintEffect,
+    cordon: bool,
+    notice: &InterruptionNotice,
+) -> Result<(), ActError> {
+    let nodes: Api<Node> = Api::all(actor.client.clone());
+    let node = patch_taints(
+        &nodes,
+        node_name,
+        |taints| {
+            taints.retain(|t| t.key != INTERRUPTION_TAINT);
+            taints.push(Taint {
+                key: INTERRUPTION_TAINT.into(),
+                effect: effect.as_str().into(),
+                value: None,
+                time_added: None,
+            });
+        },
+        |spec| {
+            if cordon {
+                spec["unschedulable"] = json!(true);
+            }
+        },
+        json!({ INTERRUPTION: notice.to_annotation() }),
+    )
+    .await?;
+    let deadline = notice
+        .deadline
+        .map(|d| format!(", deadline {d}"))
+        .unwrap_or_default();
+    actor
+        .event(
+            &node.object_ref(&()),
+            EventType::Warning,
+            "SpotInterruption",
+            format!(
+                "{}: tainted {INTERRUPTION_TAINT}:{}{}{deadline}",
+                notice.kind,
+                effect.as_str(),
+                if cordon { " and cordoned" } else { "" }
+            ),
+        )
+        .await;
+    tracing::info!(node = node_name, kind = %notice.kind, effect = effect.as_str(), cordon, "node marked");
+    Ok(())
+}
+
+/// Removes spotkube's taint and notice. The Node itself is never deleted: that is the
+/// cloud provider's and the node lifecycle controller's job.
+pub async fn clean(actor: &Actor, node_name: &str) -> Result<(), ActError> {
+    let nodes: Api<Node> = Api::all(actor.client.clone());
+    let node = patch_taints(
+        &nodes,
+        node_name,
+        |taints| taints.retain(|t| t.key != INTERRUPTION_TAINT),
+        |_| {},
+        json!({ INTERRUPTION: null }),
+    )
+    .await?;
+    actor
+        .event(
+            &node.object_ref(&()),
+            EventType::Normal,
+            "InterruptionCleared",
+            "instance is shutting down or terminated: spotkube's taint and notice removed".into(),
+        )
+        .await;
+    Ok(())
+}
+
+async fn patch_taints(
+    nodes: &Api<Node>,
+    name: &str,
+    edit: impl Fn(&mut Vec<Taint>),
+    spec_extra: impl Fn(&mut serde_json::Value),
+    annotations: serde_json::Value,
+) -> Result<Node, ActError> {
+    let mut last = None;
+    for _ in 0..ATTEMPTS {
+        let node = nodes.get(name).await?;
+        let mut taints = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default();
+        edit(&mut taints);
+        let mut spec = json!({ "taints": taints });
+        spec_extra(&mut spec);
+        let patch = json!({
+            "metadata": {
+                "resourceVersion": node.metadata.resource_version,
+                "annotations": annotations,
+            },
+            "spec": spec,
+        });
+        match nodes
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(node) => return Ok(node),
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                last = Some(status.message.clone());
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ActError::Conflict(format!(
+        "node {name}: still conflicting after {ATTEMPTS} attempts: {}",
+        last.unwrap_or_default()
+    )))
+}

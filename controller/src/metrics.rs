@@ -1,0 +1,68 @@
+//! The controller's Prometheus metrics.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+#[derive(Clone)]
+pub struct Metrics {
+    /// Messages received, by event kind (`unparseable`, `unknown`, `irrelevant` too).
+    pub events: Family<Labels, Counter>,
+    /// Actions carried out, by action and outcome.
+    pub actions: Family<Labels, Counter>,
+    /// Seconds from message receipt to the Node's taint.
+    pub receipt_to_taint: Histogram,
+    /// Seconds from message receipt to a surged workload's replacement Ready.
+    pub receipt_to_replacement_ready: Histogram,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Metrics {
+        let metrics = Metrics {
+            events: Family::default(),
+            actions: Family::default(),
+            receipt_to_taint: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            receipt_to_replacement_ready: Histogram::new(exponential_buckets(0.5, 2.0, 12)),
+        };
+        let registry = registry.sub_registry_with_prefix("spotkube_controller");
+        registry.register(
+            "events",
+            "EventBridge messages received, by kind",
+            metrics.events.clone(),
+        );
+        registry.register(
+            "actions",
+            "Actions carried out, by action and outcome",
+            metrics.actions.clone(),
+        );
+        registry.register(
+            "receipt_to_taint_seconds",
+            "Time from message receipt to the Node's taint",
+            metrics.receipt_to_taint.clone(),
+        );
+        registry.register(
+            "receipt_to_replacement_ready_seconds",
+            "Time from message receipt to a surged workload's replacement being Ready",
+            metrics.receipt_to_replacement_ready.clone(),
+        );
+        metrics
+    }
+
+    pub fn event(&self, kind: &str) {
+        self.events
+            .get_or_create(&vec![("kind", kind.to_string())])
+            .inc();
+    }
+
+    pub fn action(&self, action: &str, outcome: &str) {
+        self.actions
+            .get_or_create(&vec![
+                ("action", action.to_string()),
+                ("outcome", outcome.to_string()),
+            ])
+            .inc();
+    }
+}
