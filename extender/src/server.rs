@@ -16,7 +16,7 @@ use spotkube_shared::telemetry;
 use crate::cache::Cluster;
 use crate::config::Args;
 use crate::metrics::{Metrics, Verb, VerbLabels};
-use crate::verbs::{self, BadRequest, Outcome};
+use crate::verbs;
 use crate::watch;
 
 #[derive(Clone)]
@@ -46,7 +46,7 @@ fn answer(
     state: &AppState,
     verb: Verb,
     body: &[u8],
-    handle: fn(&Cluster, &[u8]) -> Result<(Vec<u8>, Outcome), BadRequest>,
+    handle: fn(&Cluster, &[u8]) -> verbs::Answer,
 ) -> Response {
     let started = Instant::now();
     match handle(&state.cluster, body) {

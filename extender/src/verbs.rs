@@ -73,6 +73,9 @@ fn parse(body: &[u8]) -> Result<(PodView, Candidates<'_>), BadRequest> {
     Ok((args.pod, candidates))
 }
 
+/// A verb's answer: the JSON body and what the request did.
+pub type Answer = Result<(Vec<u8>, Outcome), BadRequest>;
+
 /// What one request did, for metrics.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Outcome {
@@ -147,7 +150,7 @@ struct NodeListOut<'a> {
 }
 
 /// `POST /filter`.
-pub fn filter(cluster: &Cluster, body: &[u8]) -> Result<(Vec<u8>, Outcome), BadRequest> {
+pub fn filter(cluster: &Cluster, body: &[u8]) -> Answer {
     let (pod, candidates) = parse(body)?;
     let view = cluster.view();
     let policy = pod_policy(&view, &pod);
@@ -215,7 +218,7 @@ struct HostPriorityOut<'a> {
 
 /// `POST /prioritize`. Unknown names score 0 (prioritize cannot fail a node; filter
 /// already reported them). Without a ranking every known node scores neutral.
-pub fn prioritize(cluster: &Cluster, body: &[u8]) -> Result<(Vec<u8>, Outcome), BadRequest> {
+pub fn prioritize(cluster: &Cluster, body: &[u8]) -> Answer {
     let (_pod, candidates) = parse(body)?;
     let view = cluster.view();
     let mut outcome = Outcome {

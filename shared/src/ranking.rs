@@ -271,7 +271,7 @@ pub fn compute(
             .filter_map(|(name, &spot)| {
                 let info = book.types.get(name)?;
                 let on_demand = *book.on_demand.get(name)?;
-                if !(spot > 0.0 && on_demand > 0.0) || !admits(criteria, name, info) {
+                if !(spot > 0.0 && on_demand > 0.0 && admits(criteria, name, info)) {
                     return None;
                 }
                 Some(RankedType {
