@@ -1,1 +1,543 @@
+//! AWS on 127.0.0.1: moto's server (wrapped by `tests/tools/moto_server.py`, which adds a
+//! Pricing GetProducts stand-in, seeded per-AZ spot prices and an
+//! InsufficientInstanceCapacity switch) plus helpers for SQS, EventBridge-shaped events,
+//! EC2 instances and Auto Scaling groups.
 
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_credential_types::Credentials;
+use aws_sdk_ec2::types::{InstanceMarketOptionsRequest, InstanceType, MarketType, Placement};
+use aws_smithy_http_client::tls;
+use serde_json::{Value, json};
+use tokio::sync::OnceCell;
+
+use crate::ports::free_port;
+use crate::process::{Managed, Spec};
+use crate::tools::{Tools, workspace_root};
+use crate::{RigError, nodes};
+
+/// The region every rig AWS client uses.
+pub const REGION: &str = "us-east-1";
+/// An AMI id moto accepts (it ships a catalogue of real AMIs).
+pub const TEST_AMI: &str = "ami-03cf127a";
+
+fn aws_err(context: &str, e: impl std::fmt::Display) -> RigError {
+    RigError::Aws(format!("{context}: {e}"))
+}
+
+/// A running moto server. Dropping it stops the process.
+#[derive(Debug)]
+pub struct Moto {
+    pub process: Managed,
+    /// `http://127.0.0.1:<port>` — what `AWS_ENDPOINT_URL` must be.
+    pub endpoint: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// An SQS queue and its dead-letter queue.
+#[derive(Debug, Clone)]
+pub struct Queues {
+    pub url: String,
+    pub arn: String,
+    pub dlq_url: String,
+    pub dlq_arn: String,
+}
+
+/// The EventBridge events spotkube's controller consumes (templates in the fixtures).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    SpotInterruptionWarning,
+    RebalanceRecommendation,
+    /// `state`: pending, running, stopping, stopped, shutting-down, terminated.
+    InstanceStateChange(&'static str),
+    HealthScheduledChange,
+}
+
+impl EventKind {
+    fn fixture(self) -> &'static str {
+        match self {
+            Self::SpotInterruptionWarning => "spot-interruption-warning.json",
+            Self::RebalanceRecommendation => "rebalance-recommendation.json",
+            Self::InstanceStateChange(_) => "instance-state-change.json",
+            Self::HealthScheduledChange => "health-scheduled-change.json",
+        }
+    }
+}
+
+/// `$SPOTKUBE_FIXTURES`, else `<workspace>/../shared/fixtures`.
+pub fn fixtures_dir() -> PathBuf {
+    std::env::var_os("SPOTKUBE_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("../shared/fixtures"))
+}
+
+/// The exact event AWS sends for `kind`, for `instance_id` at `time`: the fixture with its
+/// instance id replaced everywhere (detail, resources ARNs, Health entities), a fresh `id`
+/// and `time`.
+pub fn event(kind: EventKind, instance_id: &str, time: jiff::Timestamp) -> Result<Value, RigError> {
+    let path = fixtures_dir().join("events").join(kind.fixture());
+    let text = std::fs::read_to_string(&path).map_err(|e| RigError::io(&path, e))?;
+    let template: Value =
+        serde_json::from_str(&text).map_err(|e| aws_err(&path.display().to_string(), e))?;
+    let fixture_id = template["detail"]["instance-id"]
+        .as_str()
+        .map(str::to_owned)
+        .or_else(|| {
+            template["resources"][0]
+                .as_str()
+                .map(|r| r.rsplit('/').next().unwrap_or(r).to_owned())
+        })
+        .ok_or_else(|| aws_err("fixture", format!("{} names no instance", path.display())))?;
+    let mut event: Value = serde_json::from_str(&text.replace(&fixture_id, instance_id))
+        .expect("valid json stays valid");
+    event["id"] = json!(format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        rand::random::<u32>(),
+        rand::random::<u16>(),
+        rand::random::<u16>() & 0xfff,
+        rand::random::<u16>() & 0xfff,
+        rand::random::<u64>() & 0xffff_ffff_ffff
+    ));
+    event["time"] = json!(time.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+    if let EventKind::InstanceStateChange(state) = kind {
+        event["detail"]["state"] = json!(state);
+    }
+    Ok(event)
+}
+
+impl Moto {
+    /// Starts moto (with spotkube's additions) on a free port; logs go to `log_dir`.
+    pub async fn start_in(log_dir: &std::path::Path) -> Result<Self, RigError> {
+        crate::init();
+        let tools = Tools::locate()?;
+        for path in [&tools.python, &tools.moto_server] {
+            if !path.exists() {
+                return Err(RigError::MissingTool(path.clone()));
+            }
+        }
+        let port = free_port();
+        let process = Managed::spawn(
+            Spec::new(format!("moto-{port}"), &tools.python)
+                .arg(tools.moto_server.display().to_string())
+                .arg(format!("--port={port}"))
+                .arg(format!(
+                    "--snapshot={}",
+                    nodes::price_snapshot_path().display()
+                ))
+                .env("PYTHONUNBUFFERED", "1"),
+            log_dir,
+        )?;
+        let mut moto = Self {
+            process,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            _dir: None,
+        };
+        moto.wait_ready().await?;
+        Ok(moto)
+    }
+
+    /// Starts a private moto with its own temp dir for the log.
+    pub async fn start() -> Result<Self, RigError> {
+        let dir = tempfile::Builder::new()
+            .prefix("spotkube-moto-")
+            .tempdir()
+            .map_err(|e| RigError::io(&std::env::temp_dir(), e))?;
+        let mut moto = Self::start_in(dir.path()).await?;
+        moto._dir = Some(dir);
+        Ok(moto)
+    }
+
+    /// The moto every test of this test binary shares (call [`Moto::reset`] or use unique
+    /// names per test). Stopped when the test binary exits.
+    pub async fn shared() -> Result<&'static Moto, RigError> {
+        static SHARED: OnceCell<Moto> = OnceCell::const_new();
+        SHARED
+            .get_or_try_init(|| async {
+                let dir = tempfile::Builder::new()
+                    .prefix("spotkube-moto-")
+                    .tempdir()
+                    .map_err(|e| RigError::io(&std::env::temp_dir(), e))?;
+                crate::process::remove_at_exit(dir.path().to_path_buf());
+                let mut moto = Self::start_in(dir.path()).await?;
+                moto._dir = Some(dir);
+                Ok(moto)
+            })
+            .await
+    }
+
+    async fn wait_ready(&mut self) -> Result<(), RigError> {
+        let http = reqwest::Client::new();
+        let url = format!("{}/spotkube/health", self.endpoint);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.process.exited() {
+                return Err(RigError::Exited {
+                    name: self.process.name().into(),
+                    status,
+                    log: self.process.log_path().to_path_buf(),
+                });
+            }
+            if http
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(RigError::NotReady {
+            name: self.process.name().into(),
+            last: "no answer".into(),
+            log: self.process.log_path().to_path_buf(),
+        })
+    }
+
+    /// Environment for a program that should talk to this moto.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL".into(), self.endpoint.clone()),
+            ("AWS_ACCESS_KEY_ID".into(), "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), "testing".into()),
+            ("AWS_REGION".into(), REGION.into()),
+            ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+        ]
+    }
+
+    /// SDK config: endpoint = moto, static credentials, us-east-1, retries disabled
+    /// (a moto 500 retried three times turns a clear failure into a slow one), rustls on ring.
+    pub async fn sdk_config(&self) -> aws_config::SdkConfig {
+        let http_client = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http_client)
+            .endpoint_url(&self.endpoint)
+            .region(aws_config::Region::new(REGION))
+            .credentials_provider(Credentials::new(
+                "testing",
+                "testing",
+                None,
+                None,
+                "spotkube-rig",
+            ))
+            .retry_config(RetryConfig::disabled())
+            .load()
+            .await
+    }
+
+    pub async fn sqs(&self) -> aws_sdk_sqs::Client {
+        aws_sdk_sqs::Client::new(&self.sdk_config().await)
+    }
+
+    pub async fn ec2(&self) -> aws_sdk_ec2::Client {
+        aws_sdk_ec2::Client::new(&self.sdk_config().await)
+    }
+
+    pub async fn autoscaling(&self) -> aws_sdk_autoscaling::Client {
+        aws_sdk_autoscaling::Client::new(&self.sdk_config().await)
+    }
+
+    pub async fn pricing(&self) -> aws_sdk_pricing::Client {
+        aws_sdk_pricing::Client::new(&self.sdk_config().await)
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Result<Value, RigError> {
+        let resp = reqwest::Client::new()
+            .post(format!("{}{path}", self.endpoint))
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| aws_err(path, e))?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|e| aws_err(path, e))?;
+        if !status.is_success() {
+            return Err(aws_err(path, format!("HTTP {status}: {text}")));
+        }
+        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Clears moto's backends and restores the seeded prices / clears the ICE switch.
+    pub async fn reset(&self) -> Result<(), RigError> {
+        self.post("/moto-api/reset", Value::Null).await?;
+        self.post("/spotkube/reset", Value::Null).await?;
+        Ok(())
+    }
+
+    /// Adds a newest spot price point for `instance_type` in `zone` (Linux/UNIX).
+    pub async fn seed_spot_price(
+        &self,
+        instance_type: &str,
+        zone: &str,
+        usd_per_hour: f64,
+    ) -> Result<(), RigError> {
+        self.post(
+            "/spotkube/spot-prices",
+            json!({ "prices": [{ "instance_type": instance_type, "availability_zone": zone, "price": usd_per_hour }] }),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// RunInstances / CreateFleet fail with InsufficientInstanceCapacity for these
+    /// capacities: `"m7g.large"` (every AZ) or `"m7g.large@us-east-1b"`.
+    pub async fn set_insufficient_capacity(&self, capacity: &[&str]) -> Result<(), RigError> {
+        self.post("/spotkube/ice", json!({ "capacity": capacity }))
+            .await?;
+        Ok(())
+    }
+
+    /// Clears the InsufficientInstanceCapacity switch.
+    pub async fn clear_insufficient_capacity(&self) -> Result<(), RigError> {
+        reqwest::Client::new()
+            .delete(format!("{}/spotkube/ice", self.endpoint))
+            .send()
+            .await
+            .map_err(|e| aws_err("clear ice", e))?;
+        Ok(())
+    }
+
+    /// Creates `<name>-dlq` and `<name>` with a redrive policy (`max_receive` receives before
+    /// a message moves to the DLQ), as the controller's manifests document.
+    pub async fn create_queue_with_dlq(
+        &self,
+        name: &str,
+        max_receive: u32,
+    ) -> Result<Queues, RigError> {
+        use aws_sdk_sqs::types::QueueAttributeName;
+        let sqs = self.sqs().await;
+        let dlq_url = sqs
+            .create_queue()
+            .queue_name(format!("{name}-dlq"))
+            .send()
+            .await
+            .map_err(|e| aws_err("create dlq", aws_sdk_sqs::error::DisplayErrorContext(e)))?
+            .queue_url
+            .unwrap_or_default();
+        let dlq_arn = self.queue_arn(&sqs, &dlq_url).await?;
+        let redrive =
+            json!({ "deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive.to_string() })
+                .to_string();
+        let url = sqs
+            .create_queue()
+            .queue_name(name)
+            .attributes(QueueAttributeName::RedrivePolicy, redrive)
+            .send()
+            .await
+            .map_err(|e| aws_err("create queue", aws_sdk_sqs::error::DisplayErrorContext(e)))?
+            .queue_url
+            .unwrap_or_default();
+        let arn = self.queue_arn(&sqs, &url).await?;
+        Ok(Queues {
+            url,
+            arn,
+            dlq_url,
+            dlq_arn,
+        })
+    }
+
+    async fn queue_arn(&self, sqs: &aws_sdk_sqs::Client, url: &str) -> Result<String, RigError> {
+        use aws_sdk_sqs::types::QueueAttributeName;
+        let attrs = sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .map_err(|e| aws_err("queue arn", aws_sdk_sqs::error::DisplayErrorContext(e)))?;
+        attrs
+            .attributes
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+            .ok_or_else(|| aws_err("queue arn", "missing"))
+    }
+
+    /// Puts `body` on the queue, as EventBridge's SQS target does (the body is the event).
+    pub async fn send_message(&self, queue_url: &str, body: &str) -> Result<String, RigError> {
+        let out = self
+            .sqs()
+            .await
+            .send_message()
+            .queue_url(queue_url)
+            .message_body(body)
+            .send()
+            .await
+            .map_err(|e| aws_err("send message", aws_sdk_sqs::error::DisplayErrorContext(e)))?;
+        Ok(out.message_id.unwrap_or_default())
+    }
+
+    /// Builds the event (see [`event`]) and puts it on the queue; returns the event.
+    pub async fn send_event(
+        &self,
+        queue_url: &str,
+        kind: EventKind,
+        instance_id: &str,
+        time: jiff::Timestamp,
+    ) -> Result<Value, RigError> {
+        let event = event(kind, instance_id, time)?;
+        self.send_message(queue_url, &event.to_string()).await?;
+        Ok(event)
+    }
+
+    /// Approximate number of messages visible + in flight on a queue.
+    pub async fn queue_depth(&self, queue_url: &str) -> Result<u64, RigError> {
+        use aws_sdk_sqs::types::QueueAttributeName;
+        let attrs = self
+            .sqs()
+            .await
+            .get_queue_attributes()
+            .queue_url(queue_url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .map_err(|e| aws_err("queue depth", aws_sdk_sqs::error::DisplayErrorContext(e)))?
+            .attributes
+            .unwrap_or_default();
+        let get = |k: &QueueAttributeName| {
+            attrs
+                .get(k)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        Ok(get(&QueueAttributeName::ApproximateNumberOfMessages)
+            + get(&QueueAttributeName::ApproximateNumberOfMessagesNotVisible))
+    }
+
+    /// Launches `count` instances of `instance_type` in `zone` (spot or on-demand) and returns
+    /// their ids — name kwok nodes after them with [`crate::FakeNode::with_instance_id`].
+    pub async fn run_instances(
+        &self,
+        instance_type: &str,
+        zone: &str,
+        spot: bool,
+        count: i32,
+    ) -> Result<Vec<String>, RigError> {
+        let mut request = self
+            .ec2()
+            .await
+            .run_instances()
+            .image_id(TEST_AMI)
+            .instance_type(InstanceType::from(instance_type))
+            .placement(Placement::builder().availability_zone(zone).build())
+            .min_count(count)
+            .max_count(count);
+        if spot {
+            request = request.instance_market_options(
+                InstanceMarketOptionsRequest::builder()
+                    .market_type(MarketType::Spot)
+                    .build(),
+            );
+        }
+        let out = request
+            .send()
+            .await
+            .map_err(|e| aws_err("run instances", aws_sdk_ec2::error::DisplayErrorContext(e)))?;
+        Ok(out
+            .instances
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|i| i.instance_id)
+            .collect())
+    }
+
+    /// Creates an Auto Scaling group `name` of `desired` instances of `instance_type` over
+    /// `zones` (through a launch template `<name>-lt`); returns the instance ids (moto's
+    /// instances are InService at once).
+    pub async fn create_asg(
+        &self,
+        name: &str,
+        instance_type: &str,
+        zones: &[&str],
+        desired: i32,
+    ) -> Result<Vec<String>, RigError> {
+        use aws_sdk_autoscaling::types::LaunchTemplateSpecification;
+        use aws_sdk_ec2::types::RequestLaunchTemplateData;
+        let template = format!("{name}-lt");
+        self.ec2()
+            .await
+            .create_launch_template()
+            .launch_template_name(&template)
+            .launch_template_data(
+                RequestLaunchTemplateData::builder()
+                    .image_id(TEST_AMI)
+                    .instance_type(InstanceType::from(instance_type))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| {
+                aws_err(
+                    "create launch template",
+                    aws_sdk_ec2::error::DisplayErrorContext(e),
+                )
+            })?;
+        let asg = self.autoscaling().await;
+        asg.create_auto_scaling_group()
+            .auto_scaling_group_name(name)
+            .launch_template(
+                LaunchTemplateSpecification::builder()
+                    .launch_template_name(&template)
+                    .version("$Latest")
+                    .build(),
+            )
+            .set_availability_zones(Some(zones.iter().map(|z| z.to_string()).collect()))
+            .min_size(0)
+            .max_size(desired.max(1) * 4)
+            .desired_capacity(desired)
+            .send()
+            .await
+            .map_err(|e| {
+                aws_err(
+                    "create asg",
+                    aws_sdk_autoscaling::error::DisplayErrorContext(e),
+                )
+            })?;
+        let groups = asg
+            .describe_auto_scaling_groups()
+            .auto_scaling_group_names(name)
+            .send()
+            .await
+            .map_err(|e| {
+                aws_err(
+                    "describe asg",
+                    aws_sdk_autoscaling::error::DisplayErrorContext(e),
+                )
+            })?;
+        Ok(groups
+            .auto_scaling_groups
+            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|g| g.instances.unwrap_or_default())
+            .filter_map(|i| i.instance_id)
+            .collect())
+    }
+
+    /// Instance id → availability zone, for naming kwok nodes after moto's instances.
+    pub async fn instance_zone(&self, instance_id: &str) -> Result<String, RigError> {
+        let out = self
+            .ec2()
+            .await
+            .describe_instances()
+            .instance_ids(instance_id)
+            .send()
+            .await
+            .map_err(|e| {
+                aws_err(
+                    "describe instances",
+                    aws_sdk_ec2::error::DisplayErrorContext(e),
+                )
+            })?;
+        out.reservations
+            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|r| r.instances.unwrap_or_default())
+            .find_map(|i| i.placement.and_then(|p| p.availability_zone))
+            .ok_or_else(|| aws_err("describe instances", format!("{instance_id} not found")))
+    }
+}

@@ -1,0 +1,528 @@
+"""moto's server (pinned moto[server]==5.2.1) with spotkube's gaps filled next to it.
+
+Usage: python moto_server.py --port PORT [--snapshot PATH]
+
+Runs moto's own WSGI app in-process and adds, without touching moto's files:
+
+1. Pricing GetProducts (moto has no Pricing backend). AWS JSON 1.1,
+   `X-Amz-Target: AWSPriceListService.GetProducts`; PriceList entries are JSON *strings*
+   in the real price-list shape (product.attributes + terms.OnDemand...priceDimensions).
+   Filters: TERM_MATCH / EQUALS / CONTAINS / ANY_OF / NONE_OF on any attribute
+   (instanceType, operatingSystem, tenancy, preInstalledSw, capacitystatus, location,
+   regionCode, ...), NextToken pagination (MaxResults <= 100). Fed from the price snapshot:
+   each type's Linux/Shared/NA/Used product carries the snapshot's on-demand price; decoy
+   products (Windows, RHEL, Dedicated, SQL Std, AllocatedCapacityReservation at $0) are
+   priced differently, so a caller that forgets a filter gets visibly wrong answers.
+
+2. DescribeSpotPriceHistory (moto answers a constant 0.00001). Seeded per AZ:
+       spot(type, az) = on_demand(type) * (1 - savings_percent/100) * AZ_FACTOR[az]
+   with AZ_FACTOR = {us-east-1a: 1.00, us-east-1b: 1.03, us-east-1c: 0.97}, rounded to 6
+   decimals, for every type with both prices in the snapshot. Each (type, AZ) has two
+   points: the current price one hour ago and an older one (x1.10) a day ago, so callers
+   must take the latest. Product descriptions `Linux/UNIX` and `Windows` (x1.8).
+   Honours InstanceTypes, AvailabilityZone, ProductDescriptions, Filter.N
+   (instance-type, availability-zone, product-description), StartTime/EndTime,
+   MaxResults/NextToken. Newest first, like AWS.
+   `POST /spotkube/spot-prices` {"prices": [{"instance_type", "availability_zone",
+   "price", "product_description"?}]} adds a newer point (now) for each entry.
+
+3. InsufficientInstanceCapacity switch. `POST /spotkube/ice` {"capacity": ["m7g.large",
+   "c7g.xlarge@us-east-1b"]} — a bare type means every AZ. RunInstances for a listed
+   type/AZ fails with `InsufficientInstanceCapacity` (the type comes from InstanceType or
+   the launch template, the AZ from Placement or the subnet). CreateFleet drops listed
+   overrides; an instant fleet reports them in `Errors` and launches from the rest; when
+   nothing is left the call fails with `InsufficientInstanceCapacity`.
+   `DELETE /spotkube/ice` clears the switch.
+
+`POST /spotkube/reset` restores the seeded prices and clears the ICE switch (moto's own
+`POST /moto-api/reset` clears moto's backends, not these overrides).
+"""
+
+import argparse
+import base64
+import datetime as dt
+import hashlib
+import io
+import json
+import sys
+import threading
+
+from moto.core.responses import ActionResult
+from moto.ec2.exceptions import EC2ClientError
+from moto.ec2.responses.fleets import Fleets
+from moto.ec2.responses.instances import InstanceResponse
+from moto.ec2.responses.spot_instances import SpotInstances
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+from werkzeug.serving import make_server
+
+REGION = "us-east-1"
+LOCATION = "US East (N. Virginia)"
+AZ_FACTOR = {"us-east-1a": 1.00, "us-east-1b": 1.03, "us-east-1c": 0.97}
+WINDOWS_SPOT_FACTOR = 1.8
+OLD_POINT_FACTOR = 1.10
+
+LOCK = threading.Lock()
+STATE = {"spot": {}, "ice": set()}  # spot: (type, az, product) -> [(datetime, price)]
+
+
+def utcnow():
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+
+
+def iso(ts):
+    return ts.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+# ---------------------------------------------------------------- snapshot-derived data
+
+
+def load_snapshot(path):
+    with open(path) as f:
+        snap = json.load(f)
+    region = snap["regions"][REGION]
+    return snap["instance_specs"], region["on_demand_usd_per_hour"], region["spot"], snap.get("on_demand_generated_at")
+
+
+def seeded_spot_prices(on_demand, spot):
+    """(type, az, product) -> [(ts, price)] oldest first, per the module docstring."""
+    now = utcnow()
+    series = {}
+    for itype, info in spot.items():
+        od = on_demand.get(itype)
+        if not od:
+            continue
+        base = od * (1 - info["savings_percent"] / 100.0)
+        for az, factor in AZ_FACTOR.items():
+            linux = round(base * factor, 6)
+            for product, p in (("Linux/UNIX", linux), ("Windows", round(linux * WINDOWS_SPOT_FACTOR, 6))):
+                series[(itype, az, product)] = [
+                    (now - dt.timedelta(days=1), round(p * OLD_POINT_FACTOR, 6)),
+                    (now - dt.timedelta(hours=1), p),
+                ]
+    return series
+
+
+def family_name(itype):
+    prefix = itype[0]
+    return {
+        "c": "Compute optimized",
+        "m": "General purpose",
+        "t": "General purpose",
+        "a": "General purpose",
+        "r": "Memory optimized",
+        "x": "Memory optimized",
+        "z": "Memory optimized",
+        "i": "Storage optimized",
+        "d": "Storage optimized",
+        "h": "Storage optimized",
+    }.get(prefix, "Accelerated computing")
+
+
+def price_products(specs, on_demand, published):
+    """Every product of the GetProducts stand-in, as (attributes, price) pairs."""
+    products = []
+    for itype, price in sorted(on_demand.items()):
+        spec = specs.get(itype, {})
+        vcpu = spec.get("vcpu", 2)
+        attrs = {
+            "servicecode": "AmazonEC2",
+            "servicename": "Amazon Elastic Compute Cloud",
+            "location": LOCATION,
+            "locationType": "AWS Region",
+            "regionCode": REGION,
+            "instanceType": itype,
+            "instanceFamily": family_name(itype),
+            "currentGeneration": "Yes",
+            "vcpu": str(vcpu),
+            "memory": f"{spec['memory_gib']:g} GiB" if "memory_gib" in spec else "NA",
+            "licenseModel": "No License required",
+            "marketoption": "OnDemand",
+        }
+        variants = [
+            ({"operatingSystem": "Linux", "tenancy": "Shared", "preInstalledSw": "NA", "capacitystatus": "Used"}, price),
+            ({"operatingSystem": "Windows", "tenancy": "Shared", "preInstalledSw": "NA", "capacitystatus": "Used"}, price + 0.046 * vcpu),
+            ({"operatingSystem": "RHEL", "tenancy": "Shared", "preInstalledSw": "NA", "capacitystatus": "Used"}, price + 0.0144 * vcpu),
+            ({"operatingSystem": "Linux", "tenancy": "Dedicated", "preInstalledSw": "NA", "capacitystatus": "Used"}, price * 1.1),
+            ({"operatingSystem": "Linux", "tenancy": "Shared", "preInstalledSw": "SQL Std", "capacitystatus": "Used"}, price + 0.12 * vcpu),
+            ({"operatingSystem": "Linux", "tenancy": "Shared", "preInstalledSw": "NA", "capacitystatus": "AllocatedCapacityReservation"}, 0.0),
+        ]
+        for extra, p in variants:
+            a = dict(attrs, **extra)
+            a["usagetype"] = ("BoxUsage:" if a["tenancy"] == "Shared" else "DedicatedUsage:") + itype
+            a["operation"] = "RunInstances" + {"Linux": "", "Windows": ":0002", "RHEL": ":0010"}[a["operatingSystem"]]
+            products.append((a, round(p, 10), published))
+    return products
+
+
+def price_list_entry(attrs, price, published):
+    sku = hashlib.sha1(json.dumps(attrs, sort_keys=True).encode()).hexdigest()[:16].upper()
+    term, rate = "JRTCKXETXF", "6YS6EN2CT7"
+    version = published.replace("-", "").replace(":", "").replace("T", "").replace("Z", "")
+    return json.dumps({
+        "product": {"productFamily": "Compute Instance", "attributes": attrs, "sku": sku},
+        "serviceCode": "AmazonEC2",
+        "terms": {"OnDemand": {f"{sku}.{term}": {
+            "priceDimensions": {f"{sku}.{term}.{rate}": {
+                "unit": "Hrs",
+                "endRange": "Inf",
+                "description": f"${price:.4f} per On Demand {attrs['operatingSystem']} {attrs['instanceType']} Instance Hour",
+                "appliesTo": [],
+                "rateCode": f"{sku}.{term}.{rate}",
+                "beginRange": "0",
+                "pricePerUnit": {"USD": f"{price:.10f}"},
+            }},
+            "sku": sku,
+            "effectiveDate": published,
+            "offerTermCode": term,
+            "termAttributes": {},
+        }}},
+        "version": version,
+        "publicationDate": published,
+    })
+
+
+# ---------------------------------------------------------------- Pricing GetProducts
+
+
+class PricingError(Exception):
+    def __init__(self, code, message, status=400):
+        super().__init__(message)
+        self.code, self.message, self.status = code, message, status
+
+
+def filter_matches(attrs, flt):
+    ftype = flt.get("Type", "TERM_MATCH")
+    field = flt.get("Field", "")
+    value = str(flt.get("Value", ""))
+    actual = next((v for k, v in attrs.items() if k.lower() == field.lower()), None)
+    if ftype in ("TERM_MATCH", "EQUALS"):
+        return actual is not None and actual.lower() == value.lower()
+    if ftype == "CONTAINS":
+        return actual is not None and value.lower() in actual.lower()
+    if ftype == "ANY_OF":
+        return actual is not None and actual.lower() in [v.strip().lower() for v in value.split(",")]
+    if ftype == "NONE_OF":
+        return actual is None or actual.lower() not in [v.strip().lower() for v in value.split(",")]
+    raise PricingError("InvalidParameterException", f"Unsupported filter type {ftype}")
+
+
+def get_products(body, products):
+    if body.get("ServiceCode") != "AmazonEC2":
+        return {"FormatVersion": "aws_v1", "PriceList": []}
+    filters = body.get("Filters") or []
+    max_results = int(body.get("MaxResults") or 100)
+    if not 1 <= max_results <= 100:
+        raise PricingError("InvalidParameterException", "MaxResults must be between 1 and 100")
+    start = decode_token(body.get("NextToken"))
+    matching = [p for p in products if all(filter_matches(p[0], f) for f in filters)]
+    page = matching[start:start + max_results]
+    out = {"FormatVersion": "aws_v1", "PriceList": [price_list_entry(*p) for p in page]}
+    if start + max_results < len(matching):
+        out["NextToken"] = encode_token(start + max_results)
+    return out
+
+
+def encode_token(offset):
+    return base64.urlsafe_b64encode(f"spotkube:{offset}".encode()).decode()
+
+
+def decode_token(token):
+    if not token:
+        return 0
+    try:
+        return int(base64.urlsafe_b64decode(token.encode()).decode().split(":", 1)[1])
+    except Exception:
+        raise PricingError("InvalidNextTokenException", "The NextToken is invalid")
+
+
+# ---------------------------------------------------------------- EC2 overrides
+
+
+def parse_time(value):
+    if value is None or value == "":
+        return None
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    text = str(value).replace("Z", "+00:00")
+    try:
+        return dt.datetime.fromisoformat(text)
+    except ValueError:
+        return dt.datetime.fromtimestamp(float(value), dt.timezone.utc)
+
+
+def describe_spot_price_history(self):
+    types = set(self._get_param("InstanceTypes", []) or [])
+    products = set(self._get_param("ProductDescriptions", []) or [])
+    az = self._get_param("AvailabilityZone")
+    filters = self._filters_from_querystring()
+    types |= set(filters.get("instance-type", []))
+    products |= set(filters.get("product-description", []))
+    zones = set(filters.get("availability-zone", [])) | ({az} if az else set())
+    start = parse_time(self._get_param("StartTime"))
+    end = parse_time(self._get_param("EndTime"))
+    max_results = int(self._get_param("MaxResults") or 1000)
+    offset = 0
+    token = self._get_param("NextToken")
+    if token:
+        try:
+            offset = decode_token(token)
+        except PricingError:
+            raise EC2ClientError("InvalidNextToken", "The token is invalid")
+    items = []
+    with LOCK:
+        series = {k: list(v) for k, v in STATE["spot"].items()}
+    for (itype, zone, product), points in sorted(series.items()):
+        if (types and itype not in types) or (zones and zone not in zones) or (products and product not in products):
+            continue
+        chosen = []
+        for i, (ts, price) in enumerate(points):
+            nxt = points[i + 1][0] if i + 1 < len(points) else None
+            if end and ts > end:
+                continue
+            # A point counts if it was in effect at any time inside [start, end].
+            if start and nxt is not None and nxt <= start:
+                continue
+            chosen.append((ts, price))
+        for ts, price in chosen:
+            items.append({
+                "InstanceType": itype,
+                "ProductDescription": product,
+                "SpotPrice": f"{price:.6f}",
+                "AvailabilityZone": zone,
+                "Timestamp": iso(ts),
+            })
+    items.sort(key=lambda i: i["Timestamp"], reverse=True)
+    page = items[offset:offset + max_results]
+    result = {"SpotPriceHistory": page}
+    result["NextToken"] = encode_token(offset + max_results) if offset + max_results < len(items) else ""
+    return ActionResult(result)
+
+
+def ice_hit(itype, az):
+    with LOCK:
+        ice = set(STATE["ice"])
+    return itype in ice or (az is not None and f"{itype}@{az}" in ice)
+
+
+def ice_error(itype, az):
+    where = f"the Availability Zone you requested ({az})" if az else "the Availability Zone we selected"
+    return EC2ClientError(
+        "InsufficientInstanceCapacity",
+        f"We currently do not have sufficient {itype} capacity in {where}. "
+        "Our system will be working on provisioning additional capacity.",
+    )
+
+
+def template_instance_type(backend, spec):
+    try:
+        if spec.get("LaunchTemplateId"):
+            template = backend.get_launch_template(spec["LaunchTemplateId"])
+        else:
+            template = backend.get_launch_template_by_name(spec.get("LaunchTemplateName"))
+        version = str(spec.get("Version", "$Default"))
+        if version == "$Latest":
+            data = template.latest_version()
+        elif version == "$Default":
+            data = template.default_version()
+        else:
+            data = template.get_version(version)
+        return data.instance_type or None
+    except Exception:
+        return None
+
+
+_original_run_instances = InstanceResponse.run_instances
+_original_create_fleet = Fleets.create_fleet
+
+
+def run_instances(self):
+    itype = self._get_param("InstanceType") or template_instance_type(self.ec2_backend, self._get_param("LaunchTemplate", {}) or {})
+    az = self._get_param("Placement.AvailabilityZone")
+    subnet_id = self._get_param("SubnetId")
+    if not az and subnet_id:
+        try:
+            az = self.ec2_backend.get_subnet(subnet_id).availability_zone
+        except Exception:
+            az = None
+    if itype and ice_hit(itype, az):
+        raise ice_error(itype, az)
+    return _original_run_instances(self)
+
+
+def create_fleet(self):
+    configs = self._get_param("LaunchTemplateConfigs", []) or []
+    fleet_type = self._get_param("Type", if_none="maintain")
+    dropped, kept_configs = [], []
+    for config in configs:
+        spec = config.get("LaunchTemplateSpecification", {}) or {}
+        overrides = config.get("Overrides") or []
+        if not overrides:
+            itype = template_instance_type(self.ec2_backend, spec)
+            if itype and ice_hit(itype, None):
+                dropped.append((spec, {"InstanceType": itype}))
+                continue
+            kept_configs.append(config)
+            continue
+        kept = []
+        for o in overrides:
+            itype = o.get("InstanceType") or template_instance_type(self.ec2_backend, spec)
+            az = o.get("AvailabilityZone")
+            if not az and o.get("SubnetId"):
+                try:
+                    az = self.ec2_backend.get_subnet(o["SubnetId"]).availability_zone
+                except Exception:
+                    az = None
+            if itype and ice_hit(itype, az):
+                dropped.append((spec, dict(o, InstanceType=itype)))
+            else:
+                kept.append(o)
+        if kept:
+            kept_configs.append(dict(config, Overrides=kept))
+    if not dropped:
+        return _original_create_fleet(self)
+    if not kept_configs:
+        _, o = dropped[0]
+        raise ice_error(o["InstanceType"], o.get("AvailabilityZone"))
+    original_get_param = self._get_param
+
+    def get_param(name, *args, **kwargs):
+        if name == "LaunchTemplateConfigs":
+            return kept_configs
+        return original_get_param(name, *args, **kwargs)
+
+    self._get_param = get_param
+    try:
+        result = _original_create_fleet(self)
+    finally:
+        self._get_param = original_get_param
+    if fleet_type == "instant":
+        errors = []
+        for spec, o in dropped:
+            overrides = {"InstanceType": o["InstanceType"]}
+            if o.get("AvailabilityZone"):
+                overrides["AvailabilityZone"] = o["AvailabilityZone"]
+            errors.append({
+                "LaunchTemplateAndOverrides": {"LaunchTemplateSpecification": spec, "Overrides": overrides},
+                "Lifecycle": "spot" if (self._get_param("TargetCapacitySpecification", {}) or {}).get("DefaultTargetCapacityType") == "spot" else "on-demand",
+                "ErrorCode": "InsufficientInstanceCapacity",
+                "ErrorMessage": str(ice_error(o["InstanceType"], o.get("AvailabilityZone"))),
+            })
+        result.result["Errors"] = errors
+    return result
+
+
+def install_overrides():
+    SpotInstances.describe_spot_price_history = describe_spot_price_history
+    InstanceResponse.run_instances = run_instances
+    Fleets.create_fleet = create_fleet
+
+
+# ---------------------------------------------------------------- WSGI wrapper
+
+
+def json_response(start_response, status, payload, content_type="application/json"):
+    body = json.dumps(payload).encode()
+    start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+class SpotkubeApp:
+    def __init__(self, moto_app, products, seeded):
+        self.moto_app = moto_app
+        self.products = products
+        self.seeded = seeded
+        self.reset()
+
+    def reset(self):
+        with LOCK:
+            STATE["spot"] = {k: list(v) for k, v in self.seeded.items()}
+            STATE["ice"] = set()
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        target = environ.get("HTTP_X_AMZ_TARGET", "")
+        if path.startswith("/spotkube/"):
+            return self.control(environ, start_response, path)
+        if target.startswith("AWSPriceListService."):
+            return self.pricing(environ, start_response, target.split(".", 1)[1])
+        return self.moto_app(environ, start_response)
+
+    def read_json(self, environ):
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        raw = environ["wsgi.input"].read(length) if length else b""
+        return json.loads(raw or b"{}")
+
+    def pricing(self, environ, start_response, operation):
+        ctype = "application/x-amz-json-1.1"
+        try:
+            body = self.read_json(environ)
+            if operation != "GetProducts":
+                raise PricingError("UnknownOperationException", f"{operation} is not served by the spotkube stand-in")
+            return json_response(start_response, "200 OK", get_products(body, self.products), ctype)
+        except PricingError as e:
+            return json_response(start_response, f"{e.status} Bad Request", {"__type": e.code, "Message": e.message}, ctype)
+        except ValueError as e:
+            return json_response(start_response, "400 Bad Request", {"__type": "SerializationException", "Message": str(e)}, ctype)
+
+    def control(self, environ, start_response, path):
+        method = environ.get("REQUEST_METHOD", "GET")
+        try:
+            if path == "/spotkube/reset" and method == "POST":
+                self.reset()
+                return json_response(start_response, "200 OK", {"reset": True})
+            if path == "/spotkube/spot-prices" and method == "POST":
+                body = self.read_json(environ)
+                now = utcnow()
+                with LOCK:
+                    for p in body.get("prices", []):
+                        key = (p["instance_type"], p["availability_zone"], p.get("product_description", "Linux/UNIX"))
+                        points = STATE["spot"].setdefault(key, [])
+                        ts = now if not points or points[-1][0] < now else points[-1][0] + dt.timedelta(seconds=1)
+                        points.append((ts, float(p["price"])))
+                return json_response(start_response, "200 OK", {"seeded": len(body.get("prices", []))})
+            if path == "/spotkube/ice" and method == "POST":
+                body = self.read_json(environ)
+                with LOCK:
+                    STATE["ice"] |= set(body.get("capacity", []))
+                    current = sorted(STATE["ice"])
+                return json_response(start_response, "200 OK", {"capacity": current})
+            if path == "/spotkube/ice" and method == "DELETE":
+                with LOCK:
+                    STATE["ice"] = set()
+                return json_response(start_response, "200 OK", {"capacity": []})
+            if path == "/spotkube/ice" and method == "GET":
+                with LOCK:
+                    current = sorted(STATE["ice"])
+                return json_response(start_response, "200 OK", {"capacity": current})
+            if path == "/spotkube/health":
+                return json_response(start_response, "200 OK", {"ok": True})
+            return json_response(start_response, "404 Not Found", {"error": f"no such endpoint {method} {path}"})
+        except (KeyError, ValueError, TypeError) as e:
+            return json_response(start_response, "400 Bad Request", {"error": f"bad request: {e!r}"})
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--snapshot", required=True, help="aws-price-snapshot.json")
+    args = parser.parse_args()
+
+    specs, on_demand, spot, published = load_snapshot(args.snapshot)
+    install_overrides()
+    app = SpotkubeApp(
+        DomainDispatcherApplication(create_backend_app),
+        price_products(specs, on_demand, published or "2026-01-01T00:00:00Z"),
+        seeded_spot_prices(on_demand, spot),
+    )
+    server = make_server(args.host, args.port, app, threaded=True)
+    print(f"spotkube moto on http://{args.host}:{args.port}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
