@@ -50,6 +50,8 @@ pub struct AwsSource {
     ec2: aws_sdk_ec2::Client,
     pricing: aws_sdk_pricing::Client,
     region: String,
+    /// Spot Advisor interruption bands per type: the AWS APIs do not publish them.
+    interruption_bands: BTreeMap<String, u8>,
 }
 
 impl AwsSource {
@@ -60,7 +62,16 @@ impl AwsSource {
             ec2,
             pricing,
             region,
+            interruption_bands: BTreeMap::new(),
         }
+    }
+
+    /// Adds Spot Advisor interruption bands (type → band), e.g. from
+    /// [`super::snapshot::interruption_bands`]; without them the band criterion cannot
+    /// apply and every type passes it.
+    pub fn with_interruption_bands(mut self, bands: BTreeMap<String, u8>) -> Self {
+        self.interruption_bands = bands;
+        self
     }
 
     /// Builds both clients from one SDK config; Pricing is pinned to `us-east-1`, its
@@ -300,7 +311,10 @@ impl PriceSource for AwsSource {
     }
 
     async fn price_book(&self, criteria: &Criteria) -> Result<PriceBook, PricingError> {
-        let types = self.instance_types().await?;
+        let mut types = self.instance_types().await?;
+        for (name, info) in types.iter_mut() {
+            info.interruption_band = self.interruption_bands.get(name).copied();
+        }
         // Ask prices only for types that could rank.
         let candidates: Vec<String> = types
             .iter()

@@ -43,6 +43,10 @@ pub struct RankArgs {
     /// Zones the snapshot's region-level list is published for (default: <region>a,b,c).
     #[arg(long, env = "SPOTKUBE_RANKING_ZONES", value_delimiter = ',')]
     pub zones: Vec<String>,
+    /// For `--source aws`: a price snapshot file whose Spot Advisor interruption bands
+    /// apply the band criterion (the AWS APIs publish no bands).
+    #[arg(long, env = "SPOTKUBE_INTERRUPTION_BANDS")]
+    pub interruption_bands: Option<PathBuf>,
     /// How many types to keep per AZ.
     #[arg(long, env = "SPOTKUBE_RANKING_TOP", default_value_t = 6)]
     pub top: usize,
@@ -76,7 +80,13 @@ impl RankArgs {
                 let region = config.region().map(|r| r.to_string()).ok_or_else(|| {
                     anyhow::anyhow!("no AWS region: pass --region or set AWS_REGION")
                 })?;
-                AnySource::Aws(AwsSource::from_config(&config, region))
+                let bands = match &self.interruption_bands {
+                    Some(path) => super::snapshot::interruption_bands(path, &region)?,
+                    None => Default::default(),
+                };
+                AnySource::Aws(
+                    AwsSource::from_config(&config, region).with_interruption_bands(bands),
+                )
             }
         })
     }
@@ -140,6 +150,7 @@ mod tests {
             )
             .into(),
             zones: vec![],
+            interruption_bands: None,
             top: 2,
         };
         let source = args.source().await.unwrap();

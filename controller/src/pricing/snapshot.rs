@@ -57,6 +57,21 @@ pub fn graviton_family(family: &str) -> bool {
         && attributes.contains('g')
 }
 
+/// The Spot Advisor interruption band per type of `region`, read from a snapshot file:
+/// the AWS APIs do not publish bands, so the AWS source takes them from here.
+pub fn interruption_bands(path: &Path, region: &str) -> Result<BTreeMap<String, u8>, PricingError> {
+    let snapshot = SnapshotSource::load(path)?;
+    let prices = snapshot
+        .regions
+        .get(region)
+        .ok_or_else(|| PricingError::UnknownRegion(region.to_string()))?;
+    Ok(prices
+        .spot
+        .iter()
+        .filter_map(|(name, advice)| Some((name.clone(), advice.interruption_band?)))
+        .collect())
+}
+
 pub struct SnapshotSource {
     path: PathBuf,
     region: String,
