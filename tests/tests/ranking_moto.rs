@@ -1,0 +1,96 @@
+//! The price ranking from AWS-shaped sources: `spotkube-controller rank --source aws`
+//! against moto (real DescribeInstanceTypes catalogue; the rig's wrapper seeds per-AZ
+//! spot prices — snapshot × {a: 1.00, b: 1.03, c: 0.97}, rounded to 6 decimals — and
+//! serves Pricing GetProducts from the snapshot).
+
+use std::process::Stdio;
+
+use spotkube_rig::aws::Moto;
+use spotkube_rig::nodes::price_snapshot_path;
+use spotkube_rig::tools::program_binary;
+use spotkube_shared::ranking::Ranking;
+
+async fn rank_from_moto(moto: &Moto) -> anyhow::Result<Ranking> {
+    let binary = program_binary("spotkube-controller");
+    let output = tokio::process::Command::new(&binary)
+        .args([
+            "rank",
+            "--source",
+            "aws",
+            "--output",
+            "json",
+            "--interruption-bands",
+        ])
+        .arg(price_snapshot_path())
+        .envs(moto.env())
+        .env("SPOTKUBE_LOG_FORMAT", "text")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| anyhow::anyhow!("running {}: {e}", binary.display()))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "rank failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(Ranking::from_json(std::str::from_utf8(&output.stdout)?)?)
+}
+
+fn names(ranking: &Ranking, zone: &str) -> Vec<String> {
+    ranking.zones[zone]
+        .iter()
+        .map(|e| e.instance_type.clone())
+        .collect()
+}
+
+/// The snapshot-derived top 6 (see the controller's snapshot test): arm64 c/m/r 7g/8g,
+/// 2–16 vCPU, band ≤ 2, by spot $ per vCPU-hour.
+const SNAPSHOT_TOP6: [&str; 6] = [
+    "c7g.4xlarge",
+    "c7g.2xlarge",
+    "c8g.xlarge",
+    "c7g.xlarge",
+    "m7g.2xlarge",
+    "m7g.large",
+];
+
+#[tokio::test]
+async fn aws_sources_rank_like_the_snapshot_and_a_cheaper_az_price_reorders_only_that_az()
+-> anyhow::Result<()> {
+    let moto = Moto::start().await?;
+    let ranking = rank_from_moto(&moto).await?;
+    assert_eq!(ranking.source, "aws");
+    assert_eq!(
+        ranking.zones.keys().collect::<Vec<_>>(),
+        ["us-east-1a", "us-east-1b", "us-east-1c"]
+    );
+    // us-east-1a carries the snapshot's prices unchanged; us-east-1c scales them by 0.97.
+    assert_eq!(names(&ranking, "us-east-1a"), SNAPSHOT_TOP6);
+    assert_eq!(names(&ranking, "us-east-1c"), SNAPSHOT_TOP6);
+    // us-east-1b (×1.03): the same six; m7g.2xlarge and m7g.large tie exactly in the
+    // snapshot, and rounding to 6 decimals makes m7g.large ($0.030257/2 vCPU) a hair
+    // cheaper than m7g.2xlarge ($0.121029/8 vCPU).
+    let mut b_expected = SNAPSHOT_TOP6.map(String::from).to_vec();
+    b_expected.swap(4, 5);
+    assert_eq!(names(&ranking, "us-east-1b"), b_expected);
+    let first = &ranking.zones["us-east-1a"][0];
+    assert_eq!(first.on_demand_usd_per_hour, 0.58);
+    assert!((first.spot_usd_per_hour - 0.1682).abs() < 1e-9, "{first:?}");
+    assert_eq!(first.interruption_band, Some(0));
+
+    // A cheaper m7g.xlarge price in us-east-1b alone.
+    moto.seed_spot_price("m7g.xlarge", "us-east-1b", 0.03)
+        .await?;
+    let reranked = rank_from_moto(&moto).await?;
+    assert_eq!(reranked.zones["us-east-1b"][0].instance_type, "m7g.xlarge");
+    assert_eq!(reranked.zones["us-east-1b"][0].spot_usd_per_hour, 0.03);
+    assert_eq!(reranked.zones["us-east-1b"].len(), 6);
+    assert_eq!(
+        names(&reranked, "us-east-1b")[1..],
+        b_expected[..5],
+        "the rest shifts down by one"
+    );
+    assert_eq!(reranked.zones["us-east-1a"], ranking.zones["us-east-1a"]);
+    assert_eq!(reranked.zones["us-east-1c"], ranking.zones["us-east-1c"]);
+    Ok(())
+}
