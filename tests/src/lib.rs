@@ -26,6 +26,7 @@ pub mod process;
 pub mod programs;
 pub mod tools;
 pub mod wait;
+pub mod workloads;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

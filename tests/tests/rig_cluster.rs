@@ -1,79 +1,13 @@
 //! Rig self-tests: the control plane, kwok and the scheduler behave like a real cluster.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, Node, Pod, PodSpec, PodTemplateSpec, Service, ServicePort,
-    ServiceSpec,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams};
 use spotkube_rig::{
     Cluster, FakeNode, TestNamespace, nodes, wait_for, wait_for_ready_endpoints, wait_for_rollout,
+    workloads,
 };
-
-/// A Deployment of `replicas` pods labelled `app=<name>`, plus a Service selecting them.
-fn deployment(
-    name: &str,
-    replicas: i32,
-    node_selector: BTreeMap<String, String>,
-) -> (Deployment, Service) {
-    let labels = BTreeMap::from([("app".to_string(), name.to_string())]);
-    let deployment = Deployment {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        spec: Some(DeploymentSpec {
-            replicas: Some(replicas),
-            selector: LabelSelector {
-                match_labels: Some(labels.clone()),
-                ..Default::default()
-            },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels.clone()),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    node_selector: Some(node_selector),
-                    containers: vec![Container {
-                        name: "app".into(),
-                        image: Some("registry.k8s.io/pause:3.10".into()),
-                        ports: Some(vec![ContainerPort {
-                            container_port: 8080,
-                            ..Default::default()
-                        }]),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }),
-            },
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let service = Service {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        spec: Some(ServiceSpec {
-            selector: Some(labels),
-            ports: Some(vec![ServicePort {
-                port: 80,
-                target_port: Some(IntOrString::Int(8080)),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    (deployment, service)
-}
 
 #[tokio::test]
 async fn kwok_nodes_become_ready_with_eks_labels() -> anyhow::Result<()> {
@@ -125,20 +59,18 @@ async fn deployment_rolls_out_on_kwok_nodes_and_its_endpoint_slice_fills() -> an
 
 async fn rollout_scenario(test: &TestNamespace) -> anyhow::Result<()> {
     // A node pool only this test's pods select, so other tests' nodes don't matter.
-    let pool = BTreeMap::from([("spotkube.test/pool".to_string(), test.name.clone())]);
     for zone in ["us-east-1a", "us-east-1b"] {
         FakeNode::on_demand("m7i.large", zone)
             .with_label("spotkube.test/pool", &test.name)
             .create(&test.client)
             .await?;
     }
-    let (deploy, svc) = deployment("web", 3, pool);
-    Api::<Deployment>::namespaced(test.client.clone(), &test.name)
-        .create(&PostParams::default(), &deploy)
-        .await?;
-    Api::<Service>::namespaced(test.client.clone(), &test.name)
-        .create(&PostParams::default(), &svc)
-        .await?;
+    let deploy = workloads::with_node_selector(
+        workloads::deployment("web", 3),
+        "spotkube.test/pool",
+        &test.name,
+    );
+    workloads::create_with_service(&test.client, &test.name, &deploy).await?;
 
     wait_for_rollout(&test.client, &test.name, "web", Duration::from_secs(60)).await?;
     let ready =
