@@ -29,11 +29,19 @@ use tokio_util::sync::CancellationToken;
     name = "spotkube-controller",
     version,
     about,
-    args_conflicts_with_subcommands = true
+    subcommand_negates_reqs = true
 )]
 struct Cli {
     #[arg(long, env = "SPOTKUBE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
+    /// Plain-HTTP /healthz /readyz /metrics (`run`).
+    #[arg(
+        long,
+        env = "SPOTKUBE_ADMIN_LISTEN",
+        default_value = "0.0.0.0:8080",
+        global = true
+    )]
+    admin_listen: SocketAddr,
     #[command(subcommand)]
     command: Option<Command>,
     /// `run`'s flags, so that `spotkube-controller --queue-url URL` runs.
@@ -65,8 +73,6 @@ struct RunArgs {
     /// Disable the AWS SDK's retries (tests against moto).
     #[arg(long, env = "SPOTKUBE_AWS_DISABLE_RETRIES")]
     aws_disable_retries: bool,
-    #[arg(long, env = "SPOTKUBE_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
-    admin_listen: SocketAddr,
     /// Namespace of the leader-election Lease.
     #[arg(
         long,
@@ -97,14 +103,16 @@ fn main() -> anyhow::Result<()> {
     telemetry::init_logging(cli.log_format);
     let runtime = tokio::runtime::Runtime::new()?;
     match (cli.command, cli.run) {
-        (Some(Command::Run(args)), _) | (None, Some(args)) => runtime.block_on(run(args)),
+        (Some(Command::Run(args)), _) | (None, Some(args)) => {
+            runtime.block_on(run(args, cli.admin_listen))
+        }
         (Some(Command::State(args)), _) => runtime.block_on(state::main(args)),
         (Some(Command::Rank(args)), _) => runtime.block_on(pricing::cli::run(args)),
         (None, None) => anyhow::bail!("missing --queue-url (see --help)"),
     }
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<()> {
+async fn run(args: RunArgs, admin_listen: SocketAddr) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("building the kube client (KUBECONFIG or in-cluster)")?;
@@ -124,7 +132,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let admin_stop = stop.clone();
     let admin_task = tokio::spawn(admin::serve(
-        args.admin_listen,
+        admin_listen,
         admin::router(Arc::new(registry), readiness.clone()),
         async move { admin_stop.cancelled().await },
     ));

@@ -1,0 +1,488 @@
+//! The controller end to end on the rig: real control plane + kwok + moto + the
+//! `spotkube-controller` binary. A spot interruption event goes onto the SQS queue; the
+//! test deletes the node (and its pods, as the dying instance would) 30 s later and polls
+//! the Service's EndpointSlices every 100 ms: ready endpoints must never drop to zero.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, ReplicaSet};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, Node, Pod, PodSpec, PodTemplateSpec, Service, ServicePort,
+    ServiceSpec,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
+use spotkube_rig::aws::{EventKind, Moto, Queues};
+use spotkube_rig::programs::ProgramOptions;
+use spotkube_rig::{
+    Cluster, FakeNode, Program, TestNamespace, ready_endpoints, wait_for, wait_for_ready_endpoints,
+    wait_for_rollout,
+};
+
+const POOL: &str = "spotkube.test/pool";
+const INTERRUPTION: &str = "spotkube.io/interruption";
+
+/// A Deployment `name` of `replicas` pods in the test's node pool, with a Service.
+fn workload(
+    test: &TestNamespace,
+    name: &str,
+    replicas: i32,
+    annotations: &[(&str, &str)],
+) -> (Deployment, Service) {
+    let labels = BTreeMap::from([("app".to_string(), name.to_string())]);
+    let deployment = Deployment {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            annotations: Some(
+                annotations
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        },
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(labels.clone()),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels.clone()),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    node_selector: Some(BTreeMap::from([(POOL.to_string(), test.name.clone())])),
+                    // kube-scheduler must not wait for spotkube's own taint.
+                    termination_grace_period_seconds: Some(1),
+                    containers: vec![Container {
+                        name: "app".into(),
+                        image: Some("registry.k8s.io/pause:3.10".into()),
+                        ports: Some(vec![ContainerPort {
+                            container_port: 8080,
+                            ..Default::default()
+                        }]),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let service = Service {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            selector: Some(labels),
+            ports: Some(vec![ServicePort {
+                port: 80,
+                target_port: Some(IntOrString::Int(8080)),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    (deployment, service)
+}
+
+struct Scenario {
+    test: TestNamespace,
+    moto: &'static Moto,
+    queues: Queues,
+    doomed: FakeNode,
+}
+
+impl Scenario {
+    /// An opted-in namespace, a queue + DLQ, one spot node with `replicas` pods of `web`
+    /// on it, then a second (spare) spot node.
+    async fn start(
+        prefix: &str,
+        replicas: i32,
+        annotations: &[(&str, &str)],
+        with_pdb: bool,
+    ) -> anyhow::Result<Scenario> {
+        let cluster = Cluster::shared().await?;
+        let test = cluster
+            .namespace_with(prefix, &[("spotkube.io/enabled", "true")])
+            .await?;
+        let moto = Moto::shared().await?;
+        let queues = moto
+            .create_queue_with_dlq(&format!("{}-events", test.name), 2)
+            .await?;
+        let doomed = FakeNode::spot("m7g.large", "us-east-1a").with_label(POOL, &test.name);
+        doomed.create(&test.client).await?;
+        let (deploy, svc) = workload(&test, "web", replicas, annotations);
+        Api::<Deployment>::namespaced(test.client.clone(), &test.name)
+            .create(&PostParams::default(), &deploy)
+            .await?;
+        Api::<Service>::namespaced(test.client.clone(), &test.name)
+            .create(&PostParams::default(), &svc)
+            .await?;
+        if with_pdb {
+            let pdb = PodDisruptionBudget {
+                metadata: ObjectMeta {
+                    name: Some("web".into()),
+                    ..Default::default()
+                },
+                spec: Some(PodDisruptionBudgetSpec {
+                    min_available: Some(IntOrString::Int(replicas - 1)),
+                    selector: Some(LabelSelector {
+                        match_labels: Some(BTreeMap::from([("app".into(), "web".into())])),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            Api::<PodDisruptionBudget>::namespaced(test.client.clone(), &test.name)
+                .create(&PostParams::default(), &pdb)
+                .await?;
+        }
+        wait_for_rollout(&test.client, &test.name, "web", Duration::from_secs(60)).await?;
+        wait_for_ready_endpoints(
+            &test.client,
+            &test.name,
+            "web",
+            replicas as usize,
+            Duration::from_secs(30),
+        )
+        .await?;
+        FakeNode::spot("m7g.large", "us-east-1b")
+            .with_label(POOL, &test.name)
+            .create(&test.client)
+            .await?;
+        Ok(Scenario {
+            test,
+            moto,
+            queues,
+            doomed,
+        })
+    }
+
+    async fn controller(&self) -> anyhow::Result<Program> {
+        let cluster = Cluster::shared().await?;
+        let mut options = ProgramOptions::default()
+            .arg("run")
+            .arg(format!("--queue-url={}", self.queues.url))
+            .arg("--aws-disable-retries")
+            .arg(format!("--lease-namespace={}", self.test.name))
+            .arg("--lease-duration=3")
+            .arg("--visibility-timeout=3s")
+            .arg("--scale-back-interval=1s");
+        for (k, v) in self.moto.env() {
+            options = options.env(k, v);
+        }
+        Ok(cluster.start_controller(options).await?)
+    }
+
+    async fn interrupt(&self) -> anyhow::Result<String> {
+        let event = self
+            .moto
+            .send_event(
+                &self.queues.url,
+                EventKind::SpotInterruptionWarning,
+                &self.doomed.instance_id,
+                jiff::Timestamp::now(),
+            )
+            .await?;
+        Ok(event["id"].as_str().unwrap_or_default().to_string())
+    }
+
+    async fn wait_tainted(&self) -> anyhow::Result<Node> {
+        let nodes: Api<Node> = Api::all(self.test.client.clone());
+        let name = self.doomed.name.clone();
+        Ok(wait_for("node tainted", Duration::from_secs(30), || async {
+            let node = nodes.get(&name).await?;
+            let tainted = node
+                .spec
+                .as_ref()
+                .and_then(|s| s.taints.as_ref())
+                .is_some_and(|t| {
+                    t.iter()
+                        .any(|t| t.key == INTERRUPTION && t.effect == "NoSchedule")
+                });
+            Ok(tainted.then_some(node))
+        })
+        .await?)
+    }
+
+    /// The instance dies: its pods go at once, then the Node.
+    async fn kill_node(&self) -> anyhow::Result<()> {
+        let pods: Api<Pod> = Api::namespaced(self.test.client.clone(), &self.test.name);
+        let on_node = pods
+            .list(&ListParams::default().fields(&format!("spec.nodeName={}", self.doomed.name)))
+            .await?;
+        for pod in on_node {
+            pods.delete(
+                pod.metadata.name.as_deref().unwrap_or_default(),
+                &DeleteParams::default().grace_period(0),
+            )
+            .await?;
+        }
+        Api::<Node>::all(self.test.client.clone())
+            .delete(&self.doomed.name, &DeleteParams::default())
+            .await?;
+        Ok(())
+    }
+
+    async fn replica_sets(&self) -> anyhow::Result<usize> {
+        Ok(
+            Api::<ReplicaSet>::namespaced(self.test.client.clone(), &self.test.name)
+                .list(&ListParams::default())
+                .await?
+                .items
+                .len(),
+        )
+    }
+
+    async fn deployment(&self) -> anyhow::Result<Deployment> {
+        Ok(
+            Api::<Deployment>::namespaced(self.test.client.clone(), &self.test.name)
+                .get("web")
+                .await?,
+        )
+    }
+}
+
+/// Polls the Service's ready endpoints every 100 ms until stopped; keeps the minimum.
+struct EndpointWatch {
+    min: Arc<AtomicUsize>,
+    samples: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EndpointWatch {
+    fn start(test: &TestNamespace) -> EndpointWatch {
+        let min = Arc::new(AtomicUsize::new(usize::MAX));
+        let samples = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (client, ns) = (test.client.clone(), test.name.clone());
+        let (m, s, st) = (min.clone(), samples.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            while !st.load(Ordering::Relaxed) {
+                if let Ok(ready) = ready_endpoints(&client, &ns, "web").await {
+                    m.fetch_min(ready, Ordering::Relaxed);
+                    s.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        EndpointWatch {
+            min,
+            samples,
+            stop,
+            task,
+        }
+    }
+
+    async fn finish(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        (
+            self.min.load(Ordering::Relaxed),
+            self.samples.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Interrupt, wait 30 s (the scaled-down deadline), kill the node, watch 10 s more.
+async fn interruption_never_empties_the_service(s: &Scenario) -> anyhow::Result<()> {
+    let watch = EndpointWatch::start(&s.test);
+    s.interrupt().await?;
+    s.wait_tainted().await?;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    s.kill_node().await?;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (min, samples) = watch.finish().await;
+    assert!(samples > 300, "only {samples} endpoint samples");
+    assert!(
+        min >= 1,
+        "the Service had {min} ready endpoints at some moment"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn restart_surge_keeps_a_ready_endpoint_through_an_interruption() -> anyhow::Result<()> {
+    let s = Scenario::start("ctl-restart", 1, &[], false).await?;
+    let result = async {
+        let controller = s.controller().await?;
+        interruption_never_empties_the_service(&s).await?;
+        // A rollout restart: one new ReplicaSet, replicas untouched.
+        let d = s.deployment().await?;
+        assert_eq!(d.spec.as_ref().unwrap().replicas, Some(1));
+        assert_eq!(s.replica_sets().await?, 2);
+        assert!(
+            d.spec
+                .unwrap()
+                .template
+                .metadata
+                .unwrap()
+                .annotations
+                .unwrap()
+                .contains_key("kubectl.kubernetes.io/restartedAt")
+        );
+        assert_eq!(s.moto.queue_depth(&s.queues.url).await?, 0);
+        let metrics = controller.metrics().await?;
+        assert!(
+            metrics.contains("spotkube_controller_events_total{kind=\"spot-interruption\"} 1"),
+            "{metrics}"
+        );
+        Ok(())
+    }
+    .await;
+    s.test.report(result)
+}
+
+#[tokio::test]
+async fn scale_surge_keeps_a_ready_endpoint_and_scales_back_after_a_controller_kill()
+-> anyhow::Result<()> {
+    let s = Scenario::start(
+        "ctl-scale",
+        1,
+        &[
+            ("spotkube.io/surge", "scale"),
+            ("spotkube.io/surge-hold", "45s"),
+        ],
+        false,
+    )
+    .await?;
+    let result = async {
+        let mut controller = s.controller().await?;
+        let watch = EndpointWatch::start(&s.test);
+        s.interrupt().await?;
+        s.wait_tainted().await?;
+        let surged = wait_for("scaled to 2", Duration::from_secs(30), || async {
+            let d = s.deployment().await?;
+            Ok((d.spec.as_ref().and_then(|s| s.replicas) == Some(2)).then_some(d))
+        })
+        .await?;
+        let a = surged.metadata.annotations.unwrap();
+        assert_eq!(a["spotkube.io/surge-from"], "1");
+        assert_eq!(a["spotkube.io/state"], "surging");
+        // The scale-back lives in annotations only: SIGKILL the controller mid-surge.
+        controller.process.kill();
+        let _controller = s.controller().await?;
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        s.kill_node().await?;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let (min, samples) = watch.finish().await;
+        assert!(samples > 300, "only {samples} endpoint samples");
+        assert!(
+            min >= 1,
+            "the Service had {min} ready endpoints at some moment"
+        );
+        let back = wait_for("scaled back to 1", Duration::from_secs(60), || async {
+            let d = s.deployment().await?;
+            Ok((d.spec.as_ref().and_then(|s| s.replicas) == Some(1)).then_some(d))
+        })
+        .await?;
+        let a = back.metadata.annotations.unwrap();
+        assert!(!a.contains_key("spotkube.io/surge-from"), "{a:?}");
+        assert_eq!(a["spotkube.io/state"], "spot");
+        // Scaling is no rollout.
+        assert_eq!(s.replica_sets().await?, 1);
+        Ok(())
+    }
+    .await;
+    s.test.report(result)
+}
+
+#[tokio::test]
+async fn pdb_protected_three_replicas_are_evicted_without_emptying_the_service()
+-> anyhow::Result<()> {
+    let s = Scenario::start("ctl-pdb", 3, &[], true).await?;
+    let result = async {
+        let _controller = s.controller().await?;
+        interruption_never_empties_the_service(&s).await?;
+        // Evicted pods were replaced on the spare node.
+        wait_for_ready_endpoints(
+            &s.test.client,
+            &s.test.name,
+            "web",
+            3,
+            Duration::from_secs(30),
+        )
+        .await?;
+        assert_eq!(s.replica_sets().await?, 1);
+        Ok(())
+    }
+    .await;
+    s.test.report(result)
+}
+
+#[tokio::test]
+async fn a_killed_controller_surges_exactly_once_and_survives_garbage() -> anyhow::Result<()> {
+    let s = Scenario::start("ctl-kill", 1, &[], false).await?;
+    let result = async {
+        let mut controller = s.controller().await?;
+        let event_id = s.interrupt().await?;
+        // SIGKILL as soon as the first action lands: before or after the delete, the
+        // redelivered message must not surge a second time.
+        s.wait_tainted().await?;
+        controller.process.kill();
+        // Duplicates, garbage, an unknown kind, an instance of no node of ours.
+        let body = spotkube_rig::aws::event(
+            EventKind::SpotInterruptionWarning,
+            &s.doomed.instance_id,
+            jiff::Timestamp::now(),
+        )?;
+        let mut duplicate = body.clone();
+        duplicate["id"] = event_id.clone().into();
+        s.moto
+            .send_message(&s.queues.url, &duplicate.to_string())
+            .await?;
+        s.moto
+            .send_message(&s.queues.url, &duplicate.to_string())
+            .await?;
+        s.moto
+            .send_message(&s.queues.url, "this is not an event")
+            .await?;
+        let mut unknown = body.clone();
+        unknown["detail-type"] = "EC2 Fleet Error".into();
+        s.moto
+            .send_message(&s.queues.url, &unknown.to_string())
+            .await?;
+        s.moto
+            .send_event(
+                &s.queues.url,
+                EventKind::SpotInterruptionWarning,
+                "i-0123456789abcdef0",
+                jiff::Timestamp::now(),
+            )
+            .await?;
+        let mut controller = s.controller().await?;
+        wait_for("main queue drained", Duration::from_secs(60), || async {
+            Ok((s.moto.queue_depth(&s.queues.url).await? == 0).then_some(()))
+        })
+        .await?;
+        wait_for("garbage in the DLQ", Duration::from_secs(30), || async {
+            Ok((s.moto.queue_depth(&s.queues.dlq_url).await? == 2).then_some(()))
+        })
+        .await?;
+        assert!(controller.process.exited().is_none(), "controller crashed");
+        wait_for_rollout(&s.test.client, &s.test.name, "web", Duration::from_secs(30)).await?;
+        let d = s.deployment().await?;
+        assert_eq!(
+            d.metadata.annotations.unwrap()["spotkube.io/reason"],
+            event_id
+        );
+        // Exactly one restart: the original ReplicaSet and one more.
+        assert_eq!(s.replica_sets().await?, 2);
+        Ok(())
+    }
+    .await;
+    s.test.report(result)
+}
