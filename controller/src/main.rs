@@ -64,9 +64,15 @@ struct RunArgs {
     /// The SQS queue EventBridge delivers interruption events to.
     #[arg(long, env = "SPOTKUBE_QUEUE_URL")]
     queue_url: String,
-    /// AWS region (else from the AWS environment / config).
-    #[arg(long, env = "SPOTKUBE_REGION")]
-    region: Option<String>,
+    /// Publish the price ranking ConfigMap (leader only), from `--source`.
+    #[arg(long, env = "SPOTKUBE_PUBLISH_RANKING")]
+    publish_ranking: bool,
+    /// How often to refresh the ranking (default 10m).
+    #[arg(long, env = "SPOTKUBE_RANKING_INTERVAL", value_parser = humantime::parse_duration)]
+    ranking_interval: Option<Duration>,
+    /// The ranking's price source and `--region` (shared with `rank`).
+    #[command(flatten)]
+    ranking: pricing::cli::RankArgs,
     /// How long a received message stays invisible while being acted on.
     #[arg(long, env = "SPOTKUBE_VISIBILITY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     visibility_timeout: Duration,
@@ -123,6 +129,16 @@ async fn run(args: RunArgs, admin_listen: SocketAddr) -> anyhow::Result<()> {
 
     let mut registry = Registry::default();
     let metrics = metrics::Metrics::register(&mut registry);
+    let ranking_metrics = pricing::refresher::RefreshMetrics::register(&mut registry);
+    let ranking_source = if args.publish_ranking {
+        Some(Arc::new(args.ranking.source().await?))
+    } else {
+        None
+    };
+    let ranking_criteria = args.ranking.criteria();
+    let ranking_interval = args
+        .ranking_interval
+        .unwrap_or(pricing::refresher::DEFAULT_INTERVAL);
     let readiness = Readiness::default();
     let nodes_synced = readiness.gate("nodes index");
     let leading = readiness.gate("leader");
@@ -141,7 +157,7 @@ async fn run(args: RunArgs, admin_listen: SocketAddr) -> anyhow::Result<()> {
     let index_task = tokio::spawn(nodes.clone().run(client.clone(), nodes_synced.clone()));
 
     let sqs = aws_sdk_sqs::Client::new(
-        &aws::sdk_config(args.region.clone(), args.aws_disable_retries).await,
+        &aws::sdk_config(args.ranking.region.clone(), args.aws_disable_retries).await,
     );
     let actor = act::Actor::new(client.clone(), Some(identity.clone()), metrics);
     let intake = intake::Intake {
@@ -153,7 +169,20 @@ async fn run(args: RunArgs, admin_listen: SocketAddr) -> anyhow::Result<()> {
         defaults: Policy::default(),
     };
     let scale_back_every = args.scale_back_interval;
+    let ranking_client = client.clone();
     let work = move |token: CancellationToken| {
+        // The ranking ConfigMap has one writer: the leader.
+        let ranking = ranking_source.clone().map(|source| {
+            pricing::refresher::spawn(
+                ranking_client.clone(),
+                source,
+                ranking_criteria.clone(),
+                ranking_interval,
+                pricing::refresher::Target::default(),
+                ranking_metrics.clone(),
+                token.clone(),
+            )
+        });
         let intake = intake.clone();
         let actor = actor.clone();
         let synced = nodes_synced.clone();
@@ -169,6 +198,9 @@ async fn run(args: RunArgs, admin_listen: SocketAddr) -> anyhow::Result<()> {
                 tokio::spawn(act::run_scale_back(actor, scale_back_every, token.clone()));
             intake.run(token).await;
             let _ = scale_back.await;
+            if let Some(ranking) = ranking {
+                let _ = ranking.await;
+            }
         }
     };
     let result = leader::run_while_leader(
