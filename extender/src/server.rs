@@ -12,6 +12,7 @@ use axum::routing::post;
 use prometheus_client::registry::Registry;
 use spotkube_shared::admin::{self, Readiness};
 use spotkube_shared::telemetry;
+use spotkube_shared::tls::ReloadingCert;
 
 use crate::cache::Cluster;
 use crate::config::Args;
@@ -116,10 +117,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     });
     match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
-            let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key).await?;
-            tokio::spawn(reload_tls(config.clone(), cert.clone(), key.clone()));
+            // Reloads on Secret updates (the `..data` symlink swap) without a restart.
+            let reloading = ReloadingCert::load(cert, key)?;
+            let _watch = reloading.watch(Duration::from_secs(60))?;
             tracing::info!(addr = %args.listen, "extender listening (TLS)");
-            axum_server::bind_rustls(args.listen, config)
+            axum_server::bind_rustls(args.listen, reloading.axum_config())
                 .handle(handle)
                 .serve(app.into_make_service())
                 .await?;
@@ -134,21 +136,4 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     admin.await??;
     Ok(())
-}
-
-/// Re-reads the certificate and key every 30 s: Kubernetes swaps Secret volumes under a
-/// `..data` symlink, and a re-read picks the new pair up without a restart.
-async fn reload_tls(
-    config: axum_server::tls_rustls::RustlsConfig,
-    cert: std::path::PathBuf,
-    key: std::path::PathBuf,
-) {
-    let mut tick = tokio::time::interval(Duration::from_secs(30));
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        if let Err(e) = config.reload_from_pem_file(&cert, &key).await {
-            tracing::warn!(error = %e, "TLS reload failed; keeping the current certificate");
-        }
-    }
 }

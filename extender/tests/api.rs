@@ -400,3 +400,56 @@ async fn five_thousand_nodes_in_both_modes() {
     // node-00004: c7g.4xlarge in us-east-1b, where only m7g.large is ranked.
     assert_eq!(from_names["node-00004"], 2);
 }
+
+#[tokio::test]
+async fn serves_over_tls_with_the_reloading_certificate() {
+    spotkube_shared::telemetry::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let generated = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert, generated.cert.pem()).unwrap();
+    std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+    let reloading = spotkube_shared::tls::ReloadingCert::load(&cert, &key).unwrap();
+
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let cluster = Cluster::new(None);
+    cluster.replace_nodes(&fixture_nodes());
+    let app = router(AppState { cluster, metrics }, 64 << 20);
+    let handle = axum_server::Handle::new();
+    let server = axum_server::bind_rustls(
+        "127.0.0.1:0".parse::<SocketAddr>().unwrap(),
+        reloading.axum_config(),
+    )
+    .handle(handle.clone());
+    tokio::spawn(async move { server.serve(app.into_make_service()).await.unwrap() });
+    let addr = handle.listening().await.unwrap();
+
+    let http = reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(generated.cert.pem().as_bytes()).unwrap(),
+        )
+        .build()
+        .unwrap();
+    let resp = http
+        .post(format!("https://{addr}/filter"))
+        .body(fixture("filter-node-names.json").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let result: ExtenderFilterResult = resp.json().await.unwrap();
+    assert_eq!(result.node_names.unwrap().len(), 3);
+
+    // A client that does not trust the certificate is refused.
+    let untrusting = reqwest::Client::builder().use_rustls_tls().build().unwrap();
+    assert!(
+        untrusting
+            .post(format!("https://{addr}/filter"))
+            .body("{}")
+            .send()
+            .await
+            .is_err()
+    );
+}

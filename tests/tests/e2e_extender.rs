@@ -53,7 +53,6 @@ async fn scenario(cluster: &Cluster, test: &TestNamespace) -> anyhow::Result<()>
     // Per zone: rank 1 (c7g.4xlarge), rank 6 (m7g.large), unranked spot (r7g.large:
     // interruption band 4), and an on-demand c7g.4xlarge.
     let mut cheapest: BTreeMap<&str, String> = BTreeMap::new();
-    let mut all = BTreeSet::new();
     for zone in ZONES {
         for (node, rank_one) in [
             (FakeNode::spot("c7g.4xlarge", zone), true),
@@ -67,7 +66,6 @@ async fn scenario(cluster: &Cluster, test: &TestNamespace) -> anyhow::Result<()>
             if rank_one {
                 cheapest.insert(zone, name.clone());
             }
-            all.insert(name);
         }
     }
 
