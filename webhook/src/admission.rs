@@ -109,7 +109,33 @@ fn handle(state: &AdmissionState, body: Result<Bytes, BytesRejection>) -> Handle
             return bad_request(outcome, status, rejection.body_text());
         }
     };
-    let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(&body) {
+    // The webhook is registered for Pods: parse straight into typed Pods, and only
+    // when that fails parse generically to tell bad input from other objects.
+    let review: AdmissionReview<Pod> = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(_) => return handle_generic(&body),
+    };
+    if let Err(bad) = check_types(&review.types) {
+        return bad;
+    }
+    let request: AdmissionRequest<Pod> = match review.try_into() {
+        Ok(r) => r,
+        Err(_) => return no_request(),
+    };
+    let uid = Some(request.uid.clone());
+    let namespace = request.namespace.clone();
+    let base = AdmissionResponse::from(&request);
+    let pod = request.object.as_ref();
+    // A panic in the mutation must not take the pod down with it.
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        review_pod(state, &request, pod, base.clone())
+    }));
+    finish(uid, namespace, base, result)
+}
+
+/// Requests whose object is not a Pod (or not a readable one).
+fn handle_generic(body: &[u8]) -> Handled {
+    let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => {
             return bad_request(
@@ -119,34 +145,63 @@ fn handle(state: &AdmissionState, body: Result<Bytes, BytesRejection>) -> Handle
             );
         }
     };
-    if review.types.api_version != "admission.k8s.io/v1" || review.types.kind != "AdmissionReview" {
-        return bad_request(
-            Outcome::Invalid,
-            StatusCode::BAD_REQUEST,
-            format!(
-                "expected apiVersion admission.k8s.io/v1 kind AdmissionReview, got apiVersion {:?} kind {:?}",
-                review.types.api_version, review.types.kind
-            ),
-        );
+    if let Err(bad) = check_types(&review.types) {
+        return bad;
     }
     let request: AdmissionRequest<DynamicObject> = match review.try_into() {
         Ok(r) => r,
-        Err(_) => {
-            return bad_request(
-                Outcome::Invalid,
-                StatusCode::BAD_REQUEST,
-                "AdmissionReview has no request".into(),
-            );
-        }
+        Err(_) => return no_request(),
     };
     let uid = Some(request.uid.clone());
     let namespace = request.namespace.clone();
     let base = AdmissionResponse::from(&request);
-
-    // A panic in the mutation must not take the pod down with it.
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        review_pod(state, &request, base.clone())
+        if in_scope(&request) {
+            // A Pod CREATE whose object does not deserialize as a Pod.
+            let reason = match request.object.clone().map(|o| o.try_parse::<Pod>()) {
+                Some(Err(e)) => e.to_string(),
+                _ => "no object".to_string(),
+            };
+            Err(format!(
+                "spotkube webhook could not read the Pod ({reason}); pod admitted unchanged"
+            ))
+        } else {
+            Ok((Outcome::Skipped, base.clone()))
+        }
     }));
+    finish(uid, namespace, base, result)
+}
+
+fn check_types(types: &kube::core::TypeMeta) -> Result<(), Handled> {
+    if types.api_version == "admission.k8s.io/v1" && types.kind == "AdmissionReview" {
+        return Ok(());
+    }
+    Err(bad_request(
+        Outcome::Invalid,
+        StatusCode::BAD_REQUEST,
+        format!(
+            "expected apiVersion admission.k8s.io/v1 kind AdmissionReview, got apiVersion {:?} kind {:?}",
+            types.api_version, types.kind
+        ),
+    ))
+}
+
+fn no_request() -> Handled {
+    bad_request(
+        Outcome::Invalid,
+        StatusCode::BAD_REQUEST,
+        "AdmissionReview has no request".into(),
+    )
+}
+
+type Reviewed = std::thread::Result<Result<(Outcome, AdmissionResponse), String>>;
+
+fn finish(
+    uid: Option<String>,
+    namespace: Option<String>,
+    base: AdmissionResponse,
+    result: Reviewed,
+) -> Handled {
     let (outcome, response) = match result {
         Ok(Ok(done)) => done,
         Ok(Err(message)) => (Outcome::Error, with_warnings(base, vec![message])),
@@ -165,8 +220,60 @@ fn handle(state: &AdmissionState, body: Result<Bytes, BytesRejection>) -> Handle
         outcome,
         uid,
         namespace,
-        Json(response.into_review()).into_response(),
+        Json(WireReview::from(response)).into_response(),
     )
+}
+
+/// Whether a request is a Pod CREATE (the only thing the webhook mutates).
+fn in_scope<T: kube::Resource>(request: &AdmissionRequest<T>) -> bool {
+    request.kind.group.is_empty()
+        && request.kind.kind == "Pod"
+        && request.operation == Operation::Create
+        && request.sub_resource.is_none()
+}
+
+/// The AdmissionReview response on the wire. kube's `AdmissionResponse` serializes its
+/// patch as an array of numbers; the API server's own encoding (and every other
+/// webhook) uses a base64 string, which is also a quarter of the size.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WireReview {
+    api_version: &'static str,
+    kind: &'static str,
+    response: WireResponse,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WireResponse {
+    uid: String,
+    allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warnings: Option<Vec<String>>,
+}
+
+impl From<AdmissionResponse> for WireReview {
+    fn from(r: AdmissionResponse) -> Self {
+        use base64::Engine as _;
+        let patch = r
+            .patch
+            .map(|p| base64::engine::general_purpose::STANDARD.encode(p));
+        WireReview {
+            api_version: "admission.k8s.io/v1",
+            kind: "AdmissionReview",
+            response: WireResponse {
+                uid: r.uid,
+                allowed: r.allowed,
+                patch_type: patch.as_ref().map(|_| "JSONPatch"),
+                patch,
+                warnings: r.warnings,
+            },
+        }
+    }
 }
 
 fn with_warnings(mut response: AdmissionResponse, warnings: Vec<String>) -> AdmissionResponse {
@@ -180,21 +287,18 @@ fn with_warnings(mut response: AdmissionResponse, warnings: Vec<String>) -> Admi
 /// error message (the pod is admitted unchanged).
 fn review_pod(
     state: &AdmissionState,
-    request: &AdmissionRequest<DynamicObject>,
+    request: &AdmissionRequest<Pod>,
+    pod: Option<&Pod>,
     base: AdmissionResponse,
 ) -> Result<(Outcome, AdmissionResponse), String> {
-    let is_pod = request.kind.group.is_empty() && request.kind.kind == "Pod";
-    if !is_pod || request.operation != Operation::Create || request.sub_resource.is_some() {
+    if !in_scope(request) {
         return Ok((Outcome::Skipped, base));
     }
-    let Some(object) = &request.object else {
+    let Some(pod) = pod else {
         return Err(
             "spotkube webhook: Pod CREATE without an object; pod admitted unchanged".into(),
         );
     };
-    let pod: Pod = object.clone().try_parse().map_err(|e| {
-        format!("spotkube webhook could not read the Pod ({e}); pod admitted unchanged")
-    })?;
     let namespace = request
         .namespace
         .as_deref()

@@ -58,8 +58,8 @@ impl NamespaceCache {
         (NamespaceCache { store }, run)
     }
 
-    /// The namespace's annotations, `None` when the namespace is unknown.
-    pub fn annotations(&self, name: &str) -> Option<Arc<Namespace>> {
+    /// The cached namespace, `None` when it is unknown.
+    pub fn get(&self, name: &str) -> Option<Arc<Namespace>> {
         self.store.get(&ObjectRef::new(name))
     }
 
@@ -69,7 +69,7 @@ impl NamespaceCache {
         name: &str,
         f: impl FnOnce(Option<&BTreeMap<String, String>>) -> R,
     ) -> R {
-        let ns = self.annotations(name);
+        let ns = self.get(name);
         f(ns.as_deref().and_then(|n| n.metadata.annotations.as_ref()))
     }
 
@@ -80,5 +80,41 @@ impl NamespaceCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::api::ObjectMeta;
+
+    #[test]
+    fn fixed_cache_answers_by_name() {
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some("demo".into()),
+                annotations: Some(BTreeMap::from([(
+                    "spotkube.io/enabled".to_string(),
+                    "true".to_string(),
+                )])),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let plain = Namespace {
+            metadata: ObjectMeta {
+                name: Some("plain".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let cache = NamespaceCache::fixed([ns, plain]);
+        let enabled = cache.with_annotations("demo", |a| {
+            a.and_then(|a| a.get("spotkube.io/enabled")).cloned()
+        });
+        assert_eq!(enabled.as_deref(), Some("true"));
+        assert!(cache.with_annotations("plain", |a| a.is_none()));
+        assert!(cache.get("other").is_none());
+        assert_eq!(cache.len(), 2);
     }
 }

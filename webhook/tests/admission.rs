@@ -26,10 +26,11 @@ async fn review(server: &common::Server, body: &Value) -> Value {
 fn patched(request: &Value, response: &Value) -> (Value, json_patch::Patch) {
     let r = &response["response"];
     assert_eq!(r["patchType"], "JSONPatch");
-    // kube's own types decode the base64 patch.
-    let typed: kube::core::admission::AdmissionReview<kube::core::DynamicObject> =
-        serde_json::from_value(response.clone()).unwrap();
-    let bytes = typed.response.unwrap().patch.unwrap();
+    // Base64 in a JSON string, as the API server expects.
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(r["patch"].as_str().expect("patch is a base64 string"))
+        .unwrap();
     let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
     let mut object = request["request"]["object"].clone();
     json_patch::patch(&mut object, &patch).unwrap();
