@@ -171,9 +171,16 @@ impl Scenario {
     }
 
     async fn controller(&self) -> anyhow::Result<Program> {
+        self.controller_named(None).await
+    }
+
+    async fn controller_named(&self, identity: Option<&str>) -> anyhow::Result<Program> {
         let cluster = Cluster::shared().await?;
-        let mut options = ProgramOptions::default()
-            .arg("run")
+        let mut options = ProgramOptions::default().arg("run");
+        if let Some(identity) = identity {
+            options = options.arg(format!("--identity={identity}"));
+        }
+        let mut options = options
             .arg(format!("--queue-url={}", self.queues.url))
             .arg("--aws-disable-retries")
             .arg(format!("--lease-namespace={}", self.test.name))
@@ -480,6 +487,73 @@ async fn a_killed_controller_surges_exactly_once_and_survives_garbage() -> anyho
             event_id
         );
         // Exactly one restart: the original ReplicaSet and one more.
+        assert_eq!(s.replica_sets().await?, 2);
+        Ok(())
+    }
+    .await;
+    s.test.report(result)
+}
+
+/// The control experiment: the same interruption without spotkube does empty the
+/// Service, so the scenarios above measure something.
+#[tokio::test]
+async fn without_the_controller_the_service_does_empty() -> anyhow::Result<()> {
+    let s = Scenario::start("ctl-none", 1, &[], false).await?;
+    let result = async {
+        let watch = EndpointWatch::start(&s.test);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        s.kill_node().await?;
+        wait_for_ready_endpoints(
+            &s.test.client,
+            &s.test.name,
+            "web",
+            1,
+            Duration::from_secs(60),
+        )
+        .await?;
+        let (min, _) = watch.finish().await;
+        assert_eq!(
+            min, 0,
+            "without spotkube the replacement starts only after the pod died"
+        );
+        Ok(())
+    }
+    .await;
+    s.test.report(result)
+}
+
+async fn lease_holder(s: &Scenario) -> anyhow::Result<String> {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let leases: Api<Lease> = Api::namespaced(s.test.client.clone(), &s.test.name);
+    Ok(
+        wait_for("a lease holder", Duration::from_secs(30), || async {
+            Ok(leases
+                .get_opt("spotkube-controller")
+                .await?
+                .and_then(|l| l.spec?.holder_identity))
+        })
+        .await?,
+    )
+}
+
+/// Two replicas, one leader; SIGKILL the leader and the standby takes over.
+#[tokio::test]
+async fn the_standby_takes_over_when_the_leader_dies() -> anyhow::Result<()> {
+    let s = Scenario::start("ctl-leader", 1, &[], false).await?;
+    let result = async {
+        let mut a = s.controller_named(Some("ctl-a")).await?;
+        let mut b = s.controller_named(Some("ctl-b")).await?;
+        let leader = lease_holder(&s).await?;
+        let (dead, survivor) = if leader == "ctl-a" {
+            (&mut a, "ctl-b")
+        } else {
+            (&mut b, "ctl-a")
+        };
+        dead.process.kill();
+        s.interrupt().await?;
+        s.wait_tainted().await?;
+        assert_eq!(lease_holder(&s).await?, survivor);
+        wait_for_rollout(&s.test.client, &s.test.name, "web", Duration::from_secs(30)).await?;
         assert_eq!(s.replica_sets().await?, 2);
         Ok(())
     }
