@@ -42,35 +42,83 @@ struct PodView {
 }
 
 #[derive(Deserialize)]
-struct NodeListIn {
-    #[serde(default)]
-    items: Vec<Node>,
+struct NodeListIn<N> {
+    #[serde(default = "Vec::new")]
+    items: Vec<N>,
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ArgsIn<'a> {
+#[serde(rename_all = "PascalCase", bound(deserialize = "N: Deserialize<'de>"))]
+struct ArgsIn<'a, N> {
     pod: PodView,
     #[serde(default)]
-    nodes: Option<NodeListIn>,
+    nodes: Option<NodeListIn<N>>,
     #[serde(default, borrow)]
     node_names: Option<Vec<Cow<'a, str>>>,
 }
 
 /// Candidate nodes in either form.
-enum Candidates<'a> {
+enum Candidates<'a, N> {
     Names(Vec<Cow<'a, str>>),
-    Nodes(Vec<Node>),
+    Nodes(Vec<N>),
 }
 
-fn parse(body: &[u8]) -> Result<(PodView, Candidates<'_>), BadRequest> {
-    let args: ArgsIn = serde_json::from_slice(body)?;
+fn parse<'a, N: Deserialize<'a>>(
+    body: &'a [u8],
+) -> Result<(PodView, Candidates<'a, N>), BadRequest> {
+    let args: ArgsIn<'a, N> = serde_json::from_slice(body)?;
     let candidates = match (args.node_names, args.nodes) {
         (Some(names), _) => Candidates::Names(names),
         (None, Some(list)) => Candidates::Nodes(list.items),
         (None, None) => return Err(BadRequest::NoCandidates),
     };
     Ok((args.pod, candidates))
+}
+
+/// Only the parts of a Node that scoring reads: prioritize never returns Node objects,
+/// so it skips decoding status, managed fields and the rest (most of a Node's bytes).
+#[derive(Deserialize)]
+struct NodeLite {
+    metadata: NodeMetaLite,
+    #[serde(default)]
+    spec: Option<NodeSpecLite>,
+}
+
+#[derive(Deserialize)]
+struct NodeMetaLite {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    annotations: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+struct NodeSpecLite {
+    #[serde(default, rename = "providerID")]
+    provider_id: Option<String>,
+    #[serde(default)]
+    taints: Option<Vec<k8s_openapi::api::core::v1::Taint>>,
+}
+
+impl NodeLite {
+    fn into_node(self) -> Node {
+        Node {
+            metadata: kube::api::ObjectMeta {
+                name: self.metadata.name,
+                labels: self.metadata.labels,
+                annotations: self.metadata.annotations,
+                ..Default::default()
+            },
+            spec: self.spec.map(|s| k8s_openapi::api::core::v1::NodeSpec {
+                provider_id: s.provider_id,
+                taints: s.taints,
+                ..Default::default()
+            }),
+            status: None,
+        }
+    }
 }
 
 /// A verb's answer: the JSON body and what the request did.
@@ -151,7 +199,7 @@ struct NodeListOut<'a> {
 
 /// `POST /filter`.
 pub fn filter(cluster: &Cluster, body: &[u8]) -> Answer {
-    let (pod, candidates) = parse(body)?;
+    let (pod, candidates) = parse::<Node>(body)?;
     let view = cluster.view();
     let policy = pod_policy(&view, &pod);
     let mut outcome = Outcome::default();
@@ -211,7 +259,7 @@ pub fn filter(cluster: &Cluster, body: &[u8]) -> Answer {
 #[derive(Serialize)]
 struct HostPriorityOut<'a> {
     #[serde(rename = "Host")]
-    host: &'a str,
+    host: Cow<'a, str>,
     #[serde(rename = "Score")]
     score: i64,
 }
@@ -219,17 +267,17 @@ struct HostPriorityOut<'a> {
 /// `POST /prioritize`. Unknown names score 0 (prioritize cannot fail a node; filter
 /// already reported them). Without a ranking every known node scores neutral.
 pub fn prioritize(cluster: &Cluster, body: &[u8]) -> Answer {
-    let (_pod, candidates) = parse(body)?;
+    let (_pod, candidates) = parse::<NodeLite>(body)?;
     let view = cluster.view();
     let mut outcome = Outcome {
         no_ranking: !view.index().is_present(),
         ..Outcome::default()
     };
-    let scores: Vec<HostPriorityOut> = match &candidates {
-        Candidates::Names(names) => names
+    let scores: Vec<HostPriorityOut> = match candidates {
+        Candidates::Names(ref names) => names
             .iter()
             .map(|name| HostPriorityOut {
-                host: name,
+                host: Cow::Borrowed(name.as_ref()),
                 score: match view.node(name) {
                     Some(cached) => cached.score,
                     None => {
@@ -240,10 +288,14 @@ pub fn prioritize(cluster: &Cluster, body: &[u8]) -> Answer {
             })
             .collect(),
         Candidates::Nodes(nodes) => nodes
-            .iter()
-            .map(|node| HostPriorityOut {
-                host: node.metadata.name.as_deref().unwrap_or_default(),
-                score: view.index().score(&cluster.facts(node)),
+            .into_iter()
+            .map(|lite| {
+                let node = lite.into_node();
+                let score = view.index().score(&cluster.facts(&node));
+                HostPriorityOut {
+                    host: Cow::Owned(node.metadata.name.unwrap_or_default()),
+                    score,
+                }
             })
             .collect(),
     };
