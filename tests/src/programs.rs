@@ -42,6 +42,9 @@ pub struct ProgramOptions {
     pub tls: bool,
     /// Give the program a `--listen` address.
     pub listen: bool,
+    /// Return as soon as the process runs instead of waiting for `/readyz` (e.g. a standby
+    /// controller replica that is only ready once it leads); call [`Program::wait_ready`] later.
+    pub no_ready_wait: bool,
 }
 
 impl ProgramOptions {
