@@ -560,3 +560,185 @@ async fn the_standby_takes_over_when_the_leader_dies() -> anyhow::Result<()> {
     .await;
     s.test.report(result)
 }
+
+/// Rebalance recommendation: PreferNoSchedule (no cordon) and a single-replica
+/// StatefulSet moved at once; then the instance shuts down and spotkube's marks go
+/// while the Node stays (deleting Nodes is not spotkube's job).
+#[tokio::test]
+async fn rebalance_moves_a_lone_statefulset_early_and_shutdown_cleans_up() -> anyhow::Result<()> {
+    use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+    let cluster = Cluster::shared().await?;
+    let test = cluster
+        .namespace_with("ctl-rebalance", &[("spotkube.io/enabled", "true")])
+        .await?;
+    let result = async {
+        let moto = Moto::shared().await?;
+        let queues = moto
+            .create_queue_with_dlq(&format!("{}-events", test.name), 2)
+            .await?;
+        let doomed = FakeNode::spot("m7g.large", "us-east-1a").with_label(POOL, &test.name);
+        doomed.create(&test.client).await?;
+        let (template_source, _) = workload(&test, "db", 1, &[]);
+        let template = template_source.spec.unwrap().template;
+        let sts = StatefulSet {
+            metadata: ObjectMeta {
+                name: Some("db".into()),
+                ..Default::default()
+            },
+            spec: Some(StatefulSetSpec {
+                replicas: Some(1),
+                service_name: Some("db".into()),
+                selector: LabelSelector {
+                    match_labels: Some(BTreeMap::from([("app".into(), "db".into())])),
+                    ..Default::default()
+                },
+                template,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        Api::<StatefulSet>::namespaced(test.client.clone(), &test.name)
+            .create(&PostParams::default(), &sts)
+            .await?;
+        let pods: Api<Pod> = Api::namespaced(test.client.clone(), &test.name);
+        let ready_on = |pod: &Pod| {
+            let ready = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            ready
+                .then(|| pod.spec.as_ref().and_then(|s| s.node_name.clone()))
+                .flatten()
+        };
+        let first = wait_for("db-0 Ready", Duration::from_secs(60), || async {
+            let pod = pods.get_opt("db-0").await?;
+            Ok(pod.filter(|p| ready_on(p).is_some()))
+        })
+        .await?;
+        assert_eq!(ready_on(&first).as_deref(), Some(doomed.name.as_str()));
+        let spare = FakeNode::spot("m7g.large", "us-east-1b").with_label(POOL, &test.name);
+        spare.create(&test.client).await?;
+        let mut options = ProgramOptions::default()
+            .arg("run")
+            .arg(format!("--queue-url={}", queues.url))
+            .arg("--aws-disable-retries")
+            .arg(format!("--lease-namespace={}", test.name))
+            .arg("--lease-duration=3");
+        for (k, v) in moto.env() {
+            options = options.env(k, v);
+        }
+        let _controller = cluster.start_controller(options).await?;
+        moto.send_event(
+            &queues.url,
+            EventKind::RebalanceRecommendation,
+            &doomed.instance_id,
+            jiff::Timestamp::now(),
+        )
+        .await?;
+        let old_uid = first.metadata.uid.clone();
+        let moved = wait_for(
+            "db-0 recreated and Ready",
+            Duration::from_secs(60),
+            || async {
+                let pod = pods.get_opt("db-0").await?;
+                Ok(pod.filter(|p| p.metadata.uid != old_uid && ready_on(p).is_some()))
+            },
+        )
+        .await?;
+        assert_eq!(ready_on(&moved).as_deref(), Some(spare.name.as_str()));
+        let nodes: Api<Node> = Api::all(test.client.clone());
+        let node = nodes.get(&doomed.name).await?;
+        let spec = node.spec.clone().unwrap();
+        assert_ne!(spec.unschedulable, Some(true), "a rebalance never cordons");
+        assert!(
+            spec.taints
+                .unwrap_or_default()
+                .iter()
+                .any(|t| t.key == INTERRUPTION && t.effect == "PreferNoSchedule")
+        );
+        assert!(
+            node.metadata
+                .annotations
+                .unwrap()
+                .contains_key(INTERRUPTION)
+        );
+
+        moto.send_event(
+            &queues.url,
+            EventKind::InstanceStateChange("shutting-down"),
+            &doomed.instance_id,
+            jiff::Timestamp::now(),
+        )
+        .await?;
+        let cleaned = wait_for("marks removed", Duration::from_secs(30), || async {
+            let node = nodes.get(&doomed.name).await?;
+            let marked = node
+                .spec
+                .as_ref()
+                .and_then(|s| s.taints.as_ref())
+                .is_some_and(|t| t.iter().any(|t| t.key == INTERRUPTION))
+                || node
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .is_some_and(|a| a.contains_key(INTERRUPTION));
+            Ok((!marked).then_some(node))
+        })
+        .await?;
+        assert!(cleaned.metadata.deletion_timestamp.is_none());
+        wait_for("queue drained", Duration::from_secs(30), || async {
+            Ok((moto.queue_depth(&queues.url).await? == 0).then_some(()))
+        })
+        .await?;
+        Ok(())
+    }
+    .await;
+    test.report(result)
+}
+
+/// `spotkube-controller state get|set NAMESPACE/DEPLOYMENT` for operators.
+#[tokio::test]
+async fn state_get_and_set_from_the_command_line() -> anyhow::Result<()> {
+    let cluster = Cluster::shared().await?;
+    let test = cluster.namespace("ctl-state").await?;
+    let result = async {
+        let (deploy, _) = workload(&test, "web", 1, &[("spotkube.io/surge", "scale")]);
+        Api::<Deployment>::namespaced(test.client.clone(), &test.name)
+            .create(&PostParams::default(), &deploy)
+            .await?;
+        let binary = spotkube_rig::tools::program_binary("spotkube-controller");
+        let run = |args: &[&str]| {
+            std::process::Command::new(&binary)
+                .args(args)
+                .env("KUBECONFIG", &cluster.kubeconfig)
+                .output()
+        };
+        let workload = format!("{}/web", test.name);
+        let set = run(&["state", "set", &workload, "fargate"])?;
+        assert!(
+            set.status.success(),
+            "{}",
+            String::from_utf8_lossy(&set.stderr)
+        );
+        let d = Api::<Deployment>::namespaced(test.client.clone(), &test.name)
+            .get("web")
+            .await?;
+        assert_eq!(
+            d.metadata.annotations.unwrap()["spotkube.io/state"],
+            "fargate"
+        );
+        let get = run(&["state", "get", &workload])?;
+        let out = String::from_utf8_lossy(&get.stdout);
+        assert!(get.status.success());
+        assert!(out.contains("spotkube.io/state: fargate"), "{out}");
+        assert!(out.contains("spotkube.io/surge: scale"), "{out}");
+        let bad = run(&["state", "set", &workload, "sideways"])?;
+        assert!(!bad.status.success());
+        let missing = run(&["state", "get", &format!("{}/nope", test.name)])?;
+        assert!(!missing.status.success());
+        Ok(())
+    }
+    .await;
+    test.report(result)
+}
