@@ -115,8 +115,8 @@ fn handle(state: &AdmissionState, body: Result<Bytes, BytesRejection>) -> Handle
         Ok(r) => r,
         Err(_) => return handle_generic(&body),
     };
-    if let Err(bad) = check_types(&review.types) {
-        return bad;
+    if let Err(reason) = check_types(&review.types) {
+        return bad_request(Outcome::Invalid, StatusCode::BAD_REQUEST, reason);
     }
     let request: AdmissionRequest<Pod> = match review.try_into() {
         Ok(r) => r,
@@ -145,8 +145,8 @@ fn handle_generic(body: &[u8]) -> Handled {
             );
         }
     };
-    if let Err(bad) = check_types(&review.types) {
-        return bad;
+    if let Err(reason) = check_types(&review.types) {
+        return bad_request(Outcome::Invalid, StatusCode::BAD_REQUEST, reason);
     }
     let request: AdmissionRequest<DynamicObject> = match review.try_into() {
         Ok(r) => r,
@@ -172,17 +172,13 @@ fn handle_generic(body: &[u8]) -> Handled {
     finish(uid, namespace, base, result)
 }
 
-fn check_types(types: &kube::core::TypeMeta) -> Result<(), Handled> {
+fn check_types(types: &kube::core::TypeMeta) -> Result<(), String> {
     if types.api_version == "admission.k8s.io/v1" && types.kind == "AdmissionReview" {
         return Ok(());
     }
-    Err(bad_request(
-        Outcome::Invalid,
-        StatusCode::BAD_REQUEST,
-        format!(
-            "expected apiVersion admission.k8s.io/v1 kind AdmissionReview, got apiVersion {:?} kind {:?}",
-            types.api_version, types.kind
-        ),
+    Err(format!(
+        "expected apiVersion admission.k8s.io/v1 kind AdmissionReview, got apiVersion {:?} kind {:?}",
+        types.api_version, types.kind
     ))
 }
 
@@ -319,7 +315,7 @@ fn review_pod(
         return Ok((Outcome::Skipped, base));
     }
     let mut warnings: Vec<String> = resolved.warnings.iter().map(ToString::to_string).collect();
-    let mutation = mutate::mutate(&pod, &resolved.policy, &state.config);
+    let mutation = mutate::mutate(pod, &resolved.policy, &state.config);
     warnings.extend(mutation.warnings);
     if mutation.patch.0.is_empty() {
         return Ok((Outcome::Unchanged, with_warnings(base, warnings)));
