@@ -14,6 +14,7 @@ use aws_smithy_http_client::tls;
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
+use crate::nodes::{Capacity, FakeNode};
 use crate::ports::free_port;
 use crate::process::{Managed, Spec};
 use crate::tools::{Tools, workspace_root};
@@ -516,6 +517,24 @@ impl Moto {
             .flat_map(|g| g.instances.unwrap_or_default())
             .filter_map(|i| i.instance_id)
             .collect())
+    }
+
+    /// Launches one EC2 instance in moto and returns the matching fake Node (providerID =
+    /// that instance), ready to `.create(&client)`.
+    pub async fn launch_node(
+        &self,
+        instance_type: &str,
+        zone: &str,
+        capacity: Capacity,
+    ) -> Result<FakeNode, RigError> {
+        let ids = self
+            .run_instances(instance_type, zone, capacity == Capacity::Spot, 1)
+            .await?;
+        let id = ids
+            .into_iter()
+            .next()
+            .ok_or_else(|| aws_err("run instances", "no instance returned"))?;
+        Ok(FakeNode::ec2(instance_type, zone, capacity).with_instance_id(id))
     }
 
     /// Instance id → availability zone, for naming kwok nodes after moto's instances.

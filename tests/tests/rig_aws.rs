@@ -2,8 +2,6 @@
 //! additions next to it (Pricing GetProducts, seeded spot prices, the ICE switch), all
 //! driven through the real AWS SDK.
 
-use std::time::Duration;
-
 use aws_sdk_ec2::types::{
     DefaultTargetCapacityType, FleetLaunchTemplateConfigRequest,
     FleetLaunchTemplateOverridesRequest, FleetLaunchTemplateSpecificationRequest, FleetType,
@@ -395,6 +393,24 @@ async fn asg_instances_can_back_kwok_nodes() -> anyhow::Result<()> {
             format!("aws:///{zone}/{id}")
         );
     }
-    let _ = Duration::ZERO;
+    let node = moto
+        .launch_node("c7g.xlarge", "us-east-1c", spotkube_rig::Capacity::Spot)
+        .await?;
+    assert_eq!(moto.instance_zone(&node.instance_id).await?, "us-east-1c");
+    let spot = moto
+        .ec2()
+        .await
+        .describe_instances()
+        .instance_ids(&node.instance_id)
+        .send()
+        .await?
+        .reservations
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|r| r.instances.unwrap_or_default())
+        .next()
+        .and_then(|i| i.instance_lifecycle)
+        .map(|l| l.as_str().to_owned());
+    assert_eq!(spot.as_deref(), Some("spot"), "launched on the spot market");
     Ok(())
 }
