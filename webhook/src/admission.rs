@@ -305,7 +305,8 @@ fn review_pod(
             &state.defaults,
             Layers {
                 namespace: ns,
-                // The pod template's annotations are the pod's; see README "workload annotations".
+                // The pod template's annotations are the pod's; see the crate docs for why
+                // the workload object's own annotations are not read.
                 workload: None,
                 pod: pod.metadata.annotations.as_ref(),
             },
