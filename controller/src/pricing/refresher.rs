@@ -99,7 +99,11 @@ pub async fn refresh_once(
         .await?
         .and_then(|cm| cm.data?.remove(CONFIGMAP_KEY))
         .and_then(|text| Ranking::from_json(&text).ok());
-    if current.is_some_and(|c| c.same_content(&ranking)) {
+    // Compare what a reader would see: serde_json's float parsing is not an exact
+    // inverse of its printing, so a ranking compared with its own parsed copy could
+    // differ in the last bit and be rewritten on every refresh.
+    let as_read = Ranking::from_json(&ranking.to_json())?;
+    if current.is_some_and(|c| c.same_content(&as_read)) {
         return Ok(Refreshed::Unchanged);
     }
     let cm = ConfigMap {
