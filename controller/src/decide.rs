@@ -347,6 +347,22 @@ fn hold_until(now: Timestamp, hold: Duration) -> Timestamp {
     now.checked_add(hold).unwrap_or(Timestamp::MAX)
 }
 
+/// The drain reconcile: on a Node whose imminent notice is still ahead, protect what
+/// is still there (a restarted controller thereby finishes evictions a crash cut short;
+/// surges stay deduplicated by the workload's `spotkube.io/reason`).
+pub fn drain(node: &NodeView, pods: &[PodView], now: Timestamp) -> Vec<Action> {
+    let Some(notice) = node.notice.as_ref().filter(|n| n.is_imminent()) else {
+        return Vec::new();
+    };
+    let (Some(deadline), Some(key)) = (notice.deadline, notice.event_id.as_deref()) else {
+        return Vec::new();
+    };
+    if now >= deadline {
+        return Vec::new();
+    }
+    protect_workloads(pods, key, Some(deadline), now)
+}
+
 /// What the scale-back reconcile does with a Deployment carrying `surge-from`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScaleBack {

@@ -399,3 +399,48 @@ fn scale_back_only_when_due_and_untouched() {
     assert_eq!(scale_back(1, until, 5, after), ScaleBack::Forget);
     assert_eq!(scale_back(1, until, 1, after), ScaleBack::Forget);
 }
+
+#[test]
+fn drain_protects_what_remains_until_the_deadline_only() {
+    let Action::MarkNode { notice, .. } = decide(&spot_event(), &node(), &[], now()).remove(0)
+    else {
+        panic!()
+    };
+    let marked = NodeView {
+        unschedulable: true,
+        taint: Some(TaintEffect::NoSchedule),
+        notice: Some(notice),
+        ..node()
+    };
+    let mut surged = deployment("web", 1);
+    surged.surged_for = Some(key());
+    let pods = [
+        pod("web-1", Owner::Deployment(surged), enabled(Surge::Auto)),
+        pod(
+            "api-1",
+            Owner::Deployment(deployment("api", 3)),
+            enabled(Surge::Auto),
+        ),
+    ];
+    let actions = drain(&marked, &pods, now());
+    assert_eq!(
+        actions,
+        vec![Action::Evict {
+            namespace: "shop".into(),
+            name: "api-1".into(),
+            deadline: Some("2026-11-20T10:17:00Z".parse().unwrap()),
+        }]
+    );
+    let late: Timestamp = "2026-11-20T10:17:01Z".parse().unwrap();
+    assert_eq!(drain(&marked, &pods, late), vec![]);
+    // A rebalance notice is no reason to drain.
+    let event = events::parse(REBALANCE).unwrap();
+    let Action::MarkNode { notice, .. } = decide(&event, &node(), &[], now()).remove(0) else {
+        panic!()
+    };
+    let rebalanced = NodeView {
+        notice: Some(notice),
+        ..node()
+    };
+    assert_eq!(drain(&rebalanced, &pods, now()), vec![]);
+}

@@ -70,9 +70,9 @@ impl Intake {
             match output {
                 Ok(output) => {
                     backoff = Duration::from_secs(1);
-                    for message in output.messages.unwrap_or_default() {
-                        self.handle(message).await;
-                    }
+                    // A reclaim wave hits many nodes at once: act on the batch together.
+                    let batch = output.messages.unwrap_or_default();
+                    futures::future::join_all(batch.into_iter().map(|m| self.handle(m))).await;
                 }
                 Err(error) => {
                     tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&error), "receiving from SQS failed");

@@ -9,6 +9,7 @@ mod leader;
 mod metrics;
 mod nodes_index;
 mod pricing;
+mod reconcile;
 mod state;
 mod view;
 
@@ -164,7 +165,7 @@ async fn run(args: RunArgs, admin_listen: SocketAddr) -> anyhow::Result<()> {
         sqs,
         queue_url: args.queue_url.clone(),
         visibility_timeout: args.visibility_timeout,
-        nodes,
+        nodes: nodes.clone(),
         actor: actor.clone(),
         defaults: Policy::default(),
     };
@@ -185,6 +186,7 @@ async fn run(args: RunArgs, admin_listen: SocketAddr) -> anyhow::Result<()> {
         });
         let intake = intake.clone();
         let actor = actor.clone();
+        let nodes = nodes.clone();
         let synced = nodes_synced.clone();
         async move {
             // Never map instances to nodes on a partial index.
@@ -194,10 +196,18 @@ async fn run(args: RunArgs, admin_listen: SocketAddr) -> anyhow::Result<()> {
                     _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                 }
             }
+            let drain = tokio::spawn(reconcile::run_drain(
+                actor.clone(),
+                nodes,
+                Policy::default(),
+                scale_back_every,
+                token.clone(),
+            ));
             let scale_back =
                 tokio::spawn(act::run_scale_back(actor, scale_back_every, token.clone()));
             intake.run(token).await;
             let _ = scale_back.await;
+            let _ = drain.await;
             if let Some(ranking) = ranking {
                 let _ = ranking.await;
             }

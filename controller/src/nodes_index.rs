@@ -22,8 +22,17 @@ struct Index {
     by_instance: HashMap<String, String>,
     /// Node name → instance id, so a deleted or re-IDed Node leaves no stale entry.
     by_node: HashMap<String, String>,
-    /// The entries of a relist in progress (swapped in at `InitDone`).
-    relist: Option<Vec<(String, String)>>,
+    /// Nodes carrying spotkube's interruption notice (for the drain reconcile).
+    marked: std::collections::BTreeSet<String>,
+    /// The Nodes of a relist in progress (swapped in at `InitDone`).
+    relist: Option<Vec<Node>>,
+}
+
+fn is_marked(node: &Node) -> bool {
+    node.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(spotkube_shared::annotations::INTERRUPTION))
 }
 
 fn instance_of(node: &Node) -> Option<(String, String)> {
@@ -35,8 +44,22 @@ fn instance_of(node: &Node) -> Option<(String, String)> {
 
 impl Index {
     fn remove_node(&mut self, name: &str) {
+        self.marked.remove(name);
         if let Some(instance) = self.by_node.remove(name) {
             self.by_instance.remove(&instance);
+        }
+    }
+
+    fn apply_node(&mut self, node: &Node) {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        match instance_of(node) {
+            Some((instance, name)) => self.insert(instance, name),
+            None => self.remove_node(&name),
+        }
+        if is_marked(node) {
+            self.marked.insert(name);
+        } else {
+            self.marked.remove(&name);
         }
     }
 
@@ -54,6 +77,12 @@ impl NodesIndex {
         index.by_instance.get(instance_id).cloned()
     }
 
+    /// Nodes carrying spotkube's interruption notice.
+    pub fn marked(&self) -> Vec<String> {
+        let index = self.inner.read().expect("nodes index lock");
+        index.marked.iter().cloned().collect()
+    }
+
     pub fn len(&self) -> usize {
         self.inner
             .read()
@@ -66,25 +95,23 @@ impl NodesIndex {
     pub fn apply(&self, event: Event<Node>) {
         let mut index = self.inner.write().expect("nodes index lock");
         match event {
-            Event::Apply(node) => match instance_of(&node) {
-                Some((instance, name)) => index.insert(instance, name),
-                None => index.remove_node(node.metadata.name.as_deref().unwrap_or_default()),
-            },
+            Event::Apply(node) => index.apply_node(&node),
             Event::Delete(node) => {
                 index.remove_node(node.metadata.name.as_deref().unwrap_or_default())
             }
             Event::Init => index.relist = Some(Vec::new()),
             Event::InitApply(node) => {
-                if let (Some(pending), Some(entry)) = (index.relist.as_mut(), instance_of(&node)) {
-                    pending.push(entry);
+                if let Some(pending) = index.relist.as_mut() {
+                    pending.push(node);
                 }
             }
             Event::InitDone => {
-                let entries = index.relist.take().unwrap_or_default();
+                let nodes = index.relist.take().unwrap_or_default();
                 index.by_instance.clear();
                 index.by_node.clear();
-                for (instance, name) in entries {
-                    index.insert(instance, name);
+                index.marked.clear();
+                for node in &nodes {
+                    index.apply_node(node);
                 }
             }
         }
@@ -155,6 +182,23 @@ mod tests {
         assert_eq!(index.node_for("i-0000000000000000a").as_deref(), Some("a"));
         index.apply(Event::Delete(node("a", None)));
         assert_eq!(index.len(), 0);
+    }
+
+    #[test]
+    fn tracks_nodes_carrying_a_notice() {
+        let index = NodesIndex::default();
+        let mut marked = node("a", Some("aws:///z/i-11111111"));
+        marked.metadata.annotations = Some(
+            [(
+                spotkube_shared::annotations::INTERRUPTION.to_string(),
+                "{}".to_string(),
+            )]
+            .into(),
+        );
+        index.apply(Event::Apply(marked));
+        assert_eq!(index.marked(), vec!["a".to_string()]);
+        index.apply(Event::Apply(node("a", Some("aws:///z/i-11111111"))));
+        assert!(index.marked().is_empty());
     }
 
     #[test]

@@ -15,14 +15,13 @@ use super::Actor;
 const DEFAULT_PATIENCE: Duration = Duration::from_secs(600);
 const RETRY_EVERY: Duration = Duration::from_secs(2);
 
-pub fn spawn(actor: Actor, namespace: String, name: String, deadline: Option<Timestamp>) {
-    tokio::spawn(async move {
-        let outcome = evict_until(&actor, &namespace, &name, deadline).await;
-        actor.metrics.action("evict-done", outcome);
-    });
+/// Evicts until done or the deadline passes; records the outcome.
+pub async fn evict_until(actor: &Actor, namespace: &str, name: &str, deadline: Option<Timestamp>) {
+    let outcome = try_evict(actor, namespace, name, deadline).await;
+    actor.metrics.action("evict-done", outcome);
 }
 
-async fn evict_until(
+async fn try_evict(
     actor: &Actor,
     namespace: &str,
     name: &str,

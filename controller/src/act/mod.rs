@@ -23,6 +23,8 @@ pub struct Actor {
     pub client: Client,
     recorder: Arc<Recorder>,
     pub metrics: Metrics,
+    /// Evictions in progress (namespace, pod): the drain reconcile asks again.
+    evicting: Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>,
 }
 
 /// A failed action (the message stays on the queue and is redelivered).
@@ -44,6 +46,7 @@ impl Actor {
             recorder: Arc::new(Recorder::new(client.clone(), reporter)),
             client,
             metrics,
+            evicting: Arc::default(),
         }
     }
 
@@ -112,7 +115,19 @@ impl Actor {
                     name,
                     deadline,
                 } => {
-                    evict::spawn(self.clone(), namespace, name, deadline);
+                    let key = (namespace.clone(), name.clone());
+                    if self
+                        .evicting
+                        .lock()
+                        .expect("evicting lock")
+                        .insert(key.clone())
+                    {
+                        let actor = self.clone();
+                        tokio::spawn(async move {
+                            evict::evict_until(&actor, &namespace, &name, deadline).await;
+                            actor.evicting.lock().expect("evicting lock").remove(&key);
+                        });
+                    }
                     Ok(())
                 }
             };
