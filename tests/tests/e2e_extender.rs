@@ -13,6 +13,7 @@ use spotkube_rig::nodes::price_snapshot_path;
 use spotkube_rig::programs::ProgramOptions;
 use spotkube_rig::tools::program_binary;
 use spotkube_rig::{Cluster, ExtenderConfig, FakeNode, TestNamespace, ZONES, wait_for, workloads};
+use spotkube_shared::ranking::Ranking;
 
 const SCHEDULER: &str = "spotkube-scheduler";
 
@@ -217,4 +218,151 @@ async fn scheduled_pods(
         },
     )
     .await?)
+}
+
+/// `nodeCacheCapable: false` (full Node objects in every call) with the real scheduler,
+/// and a ranking change picked up from the ConfigMap watch: new pods follow the new
+/// rank 1.
+#[tokio::test]
+async fn full_object_mode_follows_a_ranking_update() -> anyhow::Result<()> {
+    let cluster = Cluster::shared().await?;
+    let test = cluster.namespace("extender-full").await?;
+    test.report(full_object_scenario(cluster, &test).await)
+}
+
+async fn full_object_scenario(cluster: &Cluster, test: &TestNamespace) -> anyhow::Result<()> {
+    const FULL_SCHEDULER: &str = "spotkube-scheduler-full";
+    let client = test.client.clone();
+    let pool = test.name.clone();
+    let mut by_type: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    for zone in ZONES {
+        for instance_type in ["c7g.4xlarge", "m7g.large"] {
+            let node = FakeNode::spot(instance_type, zone)
+                .with_label("spotkube.test/pool", &pool)
+                .create(&client)
+                .await?;
+            by_type
+                .entry(instance_type)
+                .or_default()
+                .insert(node.metadata.name.unwrap());
+        }
+    }
+    let ranking_text = snapshot_ranking().await?;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &test.name);
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "metadata": {"name": "spotkube-ranking"},
+            "data": {"ranking.json": ranking_text},
+        }))?,
+    )
+    .await?;
+    let extender = cluster
+        .start_extender(ProgramOptions {
+            args: vec![format!(
+                "--ranking-configmap={}/spotkube-ranking",
+                test.name
+            )],
+            ..Default::default()
+        })
+        .await?;
+    wait_for(
+        "extender loads the ranking",
+        Duration::from_secs(30),
+        || async {
+            Ok(extender
+                .metrics()
+                .await?
+                .contains("spotkube_extender_ranking_loaded 1")
+                .then_some(()))
+        },
+    )
+    .await?;
+    let mut config = ExtenderConfig::spotkube(extender.url());
+    config.weight = 5;
+    config.node_cache_capable = false;
+    let _scheduler = cluster.start_scheduler(FULL_SCHEDULER, &[config]).await?;
+
+    let mut deployment =
+        workloads::with_node_selector(workloads::deployment("web", 3), "spotkube.test/pool", &pool);
+    if let Some(spec) = deployment
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.spec.as_mut())
+    {
+        spec.scheduler_name = Some(FULL_SCHEDULER.into());
+    }
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &test.name);
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await?;
+    let placed = scheduled_pods(&client, &test.name, 3).await?;
+    for (pod, node) in &placed {
+        anyhow::ensure!(
+            by_type["c7g.4xlarge"].contains(node),
+            "pod {pod} landed on {node}, not on a c7g.4xlarge (rank 1)"
+        );
+    }
+    let extender_prioritize = extender
+        .metrics()
+        .await?
+        .lines()
+        .any(|l| l.starts_with("spotkube_extender_request_nodes_count{verb=\"Prioritize\"}"));
+    anyhow::ensure!(extender_prioritize, "the scheduler called prioritize");
+
+    // m7g.large becomes rank 1 everywhere (the controller would publish this when its
+    // price drops); the extender's ConfigMap watch picks it up.
+    let mut ranking = Ranking::from_json(&ranking_text)?;
+    for entries in ranking.zones.values_mut() {
+        let at = entries
+            .iter()
+            .position(|e| e.instance_type == "m7g.large")
+            .expect("m7g.large is ranked");
+        let entry = entries.remove(at);
+        entries.insert(0, entry);
+        for (i, e) in entries.iter_mut().enumerate() {
+            e.rank = i as u32 + 1;
+        }
+    }
+    cms.patch(
+        "spotkube-ranking",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"ranking.json": ranking.to_json()}})),
+    )
+    .await?;
+    let http = reqwest::Client::new();
+    let m7g = by_type["m7g.large"].iter().next().unwrap().clone();
+    let probe = json!({"Pod": {"metadata": {"name": "probe"}}, "Nodes": null, "NodeNames": [m7g]});
+    wait_for(
+        "extender sees the new ranking",
+        Duration::from_secs(30),
+        || async {
+            let body: serde_json::Value = http
+                .post(format!("{}/prioritize", extender.url()))
+                .json(&probe)
+                .send()
+                .await?
+                .json()
+                .await?;
+            Ok((body[0]["Score"] == json!(10)).then_some(()))
+        },
+    )
+    .await?;
+
+    let before: BTreeSet<String> = placed.keys().cloned().collect();
+    deployments
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 6}})),
+        )
+        .await?;
+    let placed = scheduled_pods(&client, &test.name, 6).await?;
+    for (pod, node) in placed.iter().filter(|(pod, _)| !before.contains(*pod)) {
+        anyhow::ensure!(
+            by_type["m7g.large"].contains(node),
+            "new pod {pod} landed on {node}, not on an m7g.large (the new rank 1)"
+        );
+    }
+    Ok(())
 }
