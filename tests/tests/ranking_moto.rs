@@ -10,7 +10,7 @@ use spotkube_rig::nodes::price_snapshot_path;
 use spotkube_rig::tools::program_binary;
 use spotkube_shared::ranking::Ranking;
 
-async fn rank_from_moto(moto: &Moto) -> anyhow::Result<Ranking> {
+async fn rank_from_moto(moto: &Moto, extra: &[&str]) -> anyhow::Result<Ranking> {
     let binary = program_binary("spotkube-controller");
     let output = tokio::process::Command::new(&binary)
         .args([
@@ -22,6 +22,7 @@ async fn rank_from_moto(moto: &Moto) -> anyhow::Result<Ranking> {
             "--interruption-bands",
         ])
         .arg(price_snapshot_path())
+        .args(extra)
         .envs(moto.env())
         .env("SPOTKUBE_LOG_FORMAT", "text")
         .stdin(Stdio::null())
@@ -58,7 +59,14 @@ const SNAPSHOT_TOP6: [&str; 6] = [
 async fn aws_sources_rank_like_the_snapshot_and_a_cheaper_az_price_reorders_only_that_az()
 -> anyhow::Result<()> {
     let moto = Moto::start().await?;
-    let ranking = rank_from_moto(&moto).await?;
+    let ranking = rank_from_moto(&moto, &[]).await?;
+    // Seven-entry spot price pages: the same ranking through many NextTokens.
+    assert_eq!(
+        rank_from_moto(&moto, &["--spot-page-size", "7"])
+            .await?
+            .zones,
+        ranking.zones
+    );
     assert_eq!(ranking.source, "aws");
     assert_eq!(
         ranking.zones.keys().collect::<Vec<_>>(),
@@ -81,7 +89,7 @@ async fn aws_sources_rank_like_the_snapshot_and_a_cheaper_az_price_reorders_only
     // A cheaper m7g.xlarge price in us-east-1b alone.
     moto.seed_spot_price("m7g.xlarge", "us-east-1b", 0.03)
         .await?;
-    let reranked = rank_from_moto(&moto).await?;
+    let reranked = rank_from_moto(&moto, &[]).await?;
     assert_eq!(reranked.zones["us-east-1b"][0].instance_type, "m7g.xlarge");
     assert_eq!(reranked.zones["us-east-1b"][0].spot_usd_per_hour, 0.03);
     assert_eq!(reranked.zones["us-east-1b"].len(), 6);

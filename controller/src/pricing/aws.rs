@@ -52,6 +52,8 @@ pub struct AwsSource {
     region: String,
     /// Spot Advisor interruption bands per type: the AWS APIs do not publish them.
     interruption_bands: BTreeMap<String, u8>,
+    /// `MaxResults` of DescribeSpotPriceHistory pages (AWS allows up to 1000).
+    spot_page_size: i32,
 }
 
 impl AwsSource {
@@ -63,7 +65,14 @@ impl AwsSource {
             pricing,
             region,
             interruption_bands: BTreeMap::new(),
+            spot_page_size: 1000,
         }
+    }
+
+    /// Smaller DescribeSpotPriceHistory pages (tests exercise pagination with it).
+    pub fn with_spot_page_size(mut self, size: i32) -> Self {
+        self.spot_page_size = size.clamp(1, 1000);
+        self
     }
 
     /// Adds Spot Advisor interruption bands (type → band), e.g. from
@@ -141,6 +150,7 @@ impl AwsSource {
                                 .collect(),
                         ))
                         .product_descriptions("Linux/UNIX")
+                        .max_results(self.spot_page_size)
                         // With start = end = now, AWS answers the price in force now.
                         .start_time(now)
                         .end_time(now)

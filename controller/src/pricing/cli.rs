@@ -47,6 +47,9 @@ pub struct RankArgs {
     /// apply the band criterion (the AWS APIs publish no bands).
     #[arg(long, env = "SPOTKUBE_INTERRUPTION_BANDS")]
     pub interruption_bands: Option<PathBuf>,
+    /// DescribeSpotPriceHistory page size (tests use small pages to exercise pagination).
+    #[arg(long, hide = true, default_value_t = 1000)]
+    pub spot_page_size: i32,
     /// How many types to keep per AZ.
     #[arg(long, env = "SPOTKUBE_RANKING_TOP", default_value_t = 6)]
     pub top: usize,
@@ -85,7 +88,9 @@ impl RankArgs {
                     None => Default::default(),
                 };
                 AnySource::Aws(
-                    AwsSource::from_config(&config, region).with_interruption_bands(bands),
+                    AwsSource::from_config(&config, region)
+                        .with_interruption_bands(bands)
+                        .with_spot_page_size(self.spot_page_size),
                 )
             }
         })
@@ -151,6 +156,7 @@ mod tests {
             .into(),
             zones: vec![],
             interruption_bands: None,
+            spot_page_size: 1000,
             top: 2,
         };
         let source = args.source().await.unwrap();
