@@ -17,7 +17,12 @@ use prometheus_client::registry::Registry;
 /// Cloning shares the gates.
 #[derive(Clone, Default)]
 pub struct Readiness {
-    gates: Arc<Mutex<Vec<(String, Arc<AtomicBool>)>>>,
+    gates: Arc<Mutex<Vec<NamedGate>>>,
+}
+
+struct NamedGate {
+    name: String,
+    gate: Gate,
 }
 
 /// One readiness condition; open it once the thing it guards is ready.
@@ -39,12 +44,12 @@ impl Gate {
 impl Readiness {
     /// Adds a closed gate named `name` (shown by `/readyz` while it is closed).
     pub fn gate(&self, name: &str) -> Gate {
-        let flag = Arc::new(AtomicBool::new(false));
-        self.gates
-            .lock()
-            .expect("readiness lock")
-            .push((name.to_string(), flag.clone()));
-        Gate(flag)
+        let gate = Gate(Arc::new(AtomicBool::new(false)));
+        self.gates.lock().expect("readiness lock").push(NamedGate {
+            name: name.to_string(),
+            gate: gate.clone(),
+        });
+        gate
     }
 
     /// The names of the gates still closed; empty means ready.
@@ -53,8 +58,8 @@ impl Readiness {
             .lock()
             .expect("readiness lock")
             .iter()
-            .filter(|(_, open)| !open.load(Ordering::Acquire))
-            .map(|(name, _)| name.clone())
+            .filter(|g| !g.gate.is_open())
+            .map(|g| g.name.clone())
             .collect()
     }
 }
