@@ -173,10 +173,10 @@ async fn filter_names_keeps_healthy_and_fails_interrupted_and_unknown() {
     );
     let metrics = server.metrics();
     assert!(
-        metrics.contains(r#"spotkube_extender_filtered_nodes_total{reason="Interrupted"} 1"#),
+        metrics.contains(r#"spotkube_extender_filtered_nodes_total{reason="interrupted"} 1"#),
         "{metrics}"
     );
-    assert!(metrics.contains(r#"spotkube_extender_filtered_nodes_total{reason="Unknown"} 1"#));
+    assert!(metrics.contains(r#"spotkube_extender_filtered_nodes_total{reason="unknown"} 1"#));
 }
 
 #[tokio::test]
@@ -336,7 +336,7 @@ async fn bad_input_is_400_with_a_reason() {
     assert!(
         server
             .metrics()
-            .contains(r#"spotkube_extender_bad_requests_total{verb="Filter"} 3"#)
+            .contains(r#"spotkube_extender_bad_requests_total{verb="filter"} 3"#)
     );
 }
 

@@ -307,7 +307,7 @@ async fn full_object_scenario(cluster: &Cluster, test: &TestNamespace) -> anyhow
         .metrics()
         .await?
         .lines()
-        .any(|l| l.starts_with("spotkube_extender_request_nodes_count{verb=\"Prioritize\"}"));
+        .any(|l| l.starts_with("spotkube_extender_request_nodes_count{verb=\"prioritize\"}"));
     anyhow::ensure!(extender_prioritize, "the scheduler called prioritize");
 
     // m7g.large becomes rank 1 everywhere (the controller would publish this when its
