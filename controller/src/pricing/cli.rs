@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use spotkube_shared::ranking::{Criteria, Ranking, compute};
+use spotkube_shared::ranking::{Criteria, Ranking, ScoreBy, compute};
 
 use super::aws::AwsSource;
 use super::snapshot::SnapshotSource;
@@ -53,13 +53,85 @@ pub struct RankArgs {
     /// How many types to keep per AZ.
     #[arg(long, env = "SPOTKUBE_RANKING_TOP", default_value_t = 6)]
     pub top: usize,
+    /// Allowed architectures (EC2 names), comma-separated; empty = any.
+    #[arg(
+        long,
+        env = "SPOTKUBE_RANKING_ARCHITECTURES",
+        value_delimiter = ',',
+        default_value = "arm64"
+    )]
+    pub architectures: Vec<String>,
+    /// Allowed families, comma-separated; empty = any.
+    #[arg(
+        long,
+        env = "SPOTKUBE_RANKING_FAMILIES",
+        value_delimiter = ',',
+        default_value = "c7g,c8g,m7g,m8g,r7g,r8g"
+    )]
+    pub families: Vec<String>,
+    #[arg(long, env = "SPOTKUBE_RANKING_MIN_VCPU", default_value_t = 2)]
+    pub min_vcpu: u32,
+    #[arg(long, env = "SPOTKUBE_RANKING_MAX_VCPU", default_value_t = 16)]
+    pub max_vcpu: u32,
+    /// Highest Spot Advisor interruption band (0 <5 %, 1 5–10 %, 2 10–15 %, 3 15–20 %, 4 >20 %).
+    #[arg(
+        long,
+        env = "SPOTKUBE_RANKING_MAX_INTERRUPTION_BAND",
+        default_value_t = 2
+    )]
+    pub max_interruption_band: u8,
+    /// Lowest VPC CNI pod density (where the source knows ENIs and IPs).
+    #[arg(long, env = "SPOTKUBE_RANKING_MIN_PODS")]
+    pub min_pods: Option<u32>,
+    /// What the ranking sorts by: spot $ per vCPU-hour, per GiB-hour, or a blend.
+    #[arg(long, env = "SPOTKUBE_RANKING_SCORE", value_enum, default_value_t = ScoreKind::PerVcpu)]
+    pub score_by: ScoreKind,
+    /// The vCPU share of `--score-by blend` (0..1; the rest is per GiB).
+    #[arg(long, env = "SPOTKUBE_RANKING_VCPU_WEIGHT", default_value_t = 0.5)]
+    pub vcpu_weight: f64,
+    /// Also rank bare-metal sizes, previous generations and burstable types.
+    #[arg(long, env = "SPOTKUBE_RANKING_INCLUDE_ALL_KINDS")]
+    pub include_all_kinds: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScoreKind {
+    PerVcpu,
+    PerGib,
+    Blend,
 }
 
 impl RankArgs {
     pub fn criteria(&self) -> Criteria {
+        let exclude = !self.include_all_kinds;
         Criteria {
+            architectures: self
+                .architectures
+                .iter()
+                .filter(|a| !a.is_empty())
+                .cloned()
+                .collect(),
+            families: self
+                .families
+                .iter()
+                .filter(|f| !f.is_empty())
+                .cloned()
+                .collect(),
+            min_vcpu: self.min_vcpu,
+            max_vcpu: self.max_vcpu,
+            exclude_metal: exclude,
+            current_generation_only: exclude,
+            exclude_burstable: exclude,
+            max_interruption_band: Some(self.max_interruption_band),
+            min_pods: self.min_pods,
+            score: match self.score_by {
+                ScoreKind::PerVcpu => ScoreBy::PerVcpu,
+                ScoreKind::PerGib => ScoreBy::PerGib,
+                ScoreKind::Blend => ScoreBy::Blend {
+                    vcpu_weight: self.vcpu_weight,
+                },
+            },
             top_n: self.top,
-            ..Criteria::default()
         }
     }
 
@@ -143,22 +215,47 @@ pub fn table(ranking: &Ranking) -> String {
 mod tests {
     use super::*;
 
+    #[derive(clap::Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: RankArgs,
+    }
+
+    fn parse(extra: &[&str]) -> RankArgs {
+        use clap::Parser;
+        let mut argv = vec!["rank"];
+        argv.extend_from_slice(extra);
+        Wrapper::try_parse_from(argv).unwrap().args
+    }
+
+    #[test]
+    fn flag_defaults_are_the_documented_criteria() {
+        assert_eq!(parse(&[]).criteria(), Criteria::default());
+        let c = parse(&[
+            "--families",
+            "",
+            "--score-by",
+            "blend",
+            "--vcpu-weight",
+            "0.25",
+            "--min-pods",
+            "58",
+            "--include-all-kinds",
+        ])
+        .criteria();
+        assert!(c.families.is_empty());
+        assert_eq!(c.score, ScoreBy::Blend { vcpu_weight: 0.25 });
+        assert_eq!(c.min_pods, Some(58));
+        assert!(!c.exclude_metal && !c.exclude_burstable && !c.current_generation_only);
+    }
+
     #[tokio::test]
     async fn table_lists_every_zone_and_rank() {
-        let args = RankArgs {
-            source: SourceKind::Snapshot,
-            region: None,
-            output: Output::Table,
-            snapshot: concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../shared/data/aws-price-snapshot.json"
-            )
-            .into(),
-            zones: vec![],
-            interruption_bands: None,
-            spot_page_size: 1000,
-            top: 2,
-        };
+        let snapshot = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/data/aws-price-snapshot.json"
+        );
+        let args = parse(&["--source", "snapshot", "--top", "2", "--snapshot", snapshot]);
         let source = args.source().await.unwrap();
         let ranking = compute(
             &source.price_book(&args.criteria()).await.unwrap(),
