@@ -3,11 +3,11 @@
 
 mod common;
 
-use common::{FIXTURE, Options, namespace, start};
+use common::{Options, fixture as fixture_path, namespace, start};
 use serde_json::{Value, json};
 
 fn fixture() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(FIXTURE).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(fixture_path()).unwrap()).unwrap()
 }
 
 async fn review(server: &common::Server, body: &Value) -> Value {

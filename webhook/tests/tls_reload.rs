@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{FIXTURE, Options, start, write_symlinked};
+use common::{Options, fixture, start, write_symlinked};
 
 async fn peer_cert(client: &reqwest::Client, url: &str, body: &serde_json::Value) -> Vec<u8> {
     let resp = client.post(url).json(body).send().await.unwrap();
@@ -31,7 +31,7 @@ async fn rotated_certificate_is_served_to_new_handshakes_without_dropping_old_co
     // A long recheck: only the directory watch can make this test pass in time.
     let _watch = server.cert.watch(Duration::from_secs(3600)).unwrap();
     let body: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(FIXTURE).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixture()).unwrap()).unwrap();
     let url = server.url();
 
     let kept_alive = server.client();
