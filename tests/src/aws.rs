@@ -17,6 +17,7 @@ use tokio::sync::OnceCell;
 use crate::nodes::{Capacity, FakeNode};
 use crate::ports::free_port;
 use crate::process::{Managed, Spec};
+use crate::programs::ProgramOptions;
 use crate::tools::{Tools, workspace_root};
 use crate::{RigError, nodes};
 
@@ -207,6 +208,21 @@ impl Moto {
             ("AWS_REGION".into(), REGION.into()),
             ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
         ]
+    }
+
+    /// `spotkube-controller run` consuming `queue_url` from this moto, its Lease in
+    /// `lease_namespace` (short, so failover tests stay quick), SDK retries off. Append
+    /// more flags with [`ProgramOptions::arg`].
+    pub fn controller_options(&self, queue_url: &str, lease_namespace: &str) -> ProgramOptions {
+        let options = ProgramOptions::default()
+            .arg("run")
+            .arg(format!("--queue-url={queue_url}"))
+            .arg("--aws-disable-retries")
+            .arg(format!("--lease-namespace={lease_namespace}"))
+            .arg("--lease-duration=3");
+        self.env()
+            .into_iter()
+            .fold(options, |options, (k, v)| options.env(k, v))
     }
 
     /// SDK config: endpoint = moto, static credentials, us-east-1, retries disabled

@@ -111,6 +111,14 @@ impl Program {
         })
     }
 
+    /// Polls `/metrics` until it contains `needle` (e.g. `spotkube_extender_ranking_loaded 1`).
+    pub async fn wait_for_metric(&self, needle: &str, timeout: Duration) -> Result<(), RigError> {
+        crate::wait_for(&format!("metric `{needle}`"), timeout, || async {
+            Ok(self.metrics().await?.contains(needle).then_some(()))
+        })
+        .await
+    }
+
     /// GET `/metrics` from the admin port.
     pub async fn metrics(&self) -> Result<String, RigError> {
         let resp = reqwest::get(format!("{}/metrics", self.admin_url()))

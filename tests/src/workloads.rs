@@ -78,6 +78,18 @@ pub fn with_node_selector(mut deployment: Deployment, key: &str, value: &str) ->
     deployment
 }
 
+/// Sets the pods' `terminationGracePeriodSeconds` (kwok finalizes a deleted pod after it).
+pub fn with_grace_period(mut deployment: Deployment, seconds: i64) -> Deployment {
+    if let Some(spec) = deployment
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.spec.as_mut())
+    {
+        spec.termination_grace_period_seconds = Some(seconds);
+    }
+    deployment
+}
+
 /// A ClusterIP Service `name` selecting `app=<name>`, port 80 → 8080.
 pub fn service(name: &str) -> Service {
     Service {

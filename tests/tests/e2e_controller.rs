@@ -8,20 +8,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, ReplicaSet};
-use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, Node, Pod, PodSpec, PodTemplateSpec, Service, ServicePort,
-    ServiceSpec,
-};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use spotkube_rig::aws::{EventKind, Moto, Queues};
-use spotkube_rig::programs::ProgramOptions;
 use spotkube_rig::{
     Cluster, FakeNode, Program, TestNamespace, ready_endpoints, wait_for, wait_for_ready_endpoints,
-    wait_for_rollout,
+    wait_for_rollout, workloads,
 };
 
 const POOL: &str = "spotkube.test/pool";
@@ -34,66 +30,17 @@ fn workload(
     replicas: i32,
     annotations: &[(&str, &str)],
 ) -> (Deployment, Service) {
-    let labels = BTreeMap::from([("app".to_string(), name.to_string())]);
-    let deployment = Deployment {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            annotations: Some(
-                annotations
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            ),
-            ..Default::default()
-        },
-        spec: Some(DeploymentSpec {
-            replicas: Some(replicas),
-            selector: LabelSelector {
-                match_labels: Some(labels.clone()),
-                ..Default::default()
-            },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels.clone()),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    node_selector: Some(BTreeMap::from([(POOL.to_string(), test.name.clone())])),
-                    // kube-scheduler must not wait for spotkube's own taint.
-                    termination_grace_period_seconds: Some(1),
-                    containers: vec![Container {
-                        name: "app".into(),
-                        image: Some("registry.k8s.io/pause:3.10".into()),
-                        ports: Some(vec![ContainerPort {
-                            container_port: 8080,
-                            ..Default::default()
-                        }]),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }),
-            },
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let service = Service {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        spec: Some(ServiceSpec {
-            selector: Some(labels),
-            ports: Some(vec![ServicePort {
-                port: 80,
-                target_port: Some(IntOrString::Int(8080)),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    (deployment, service)
+    let deployment =
+        workloads::with_node_selector(workloads::deployment(name, replicas), POOL, &test.name);
+    // kwok finalizes the old pod after its grace period.
+    let mut deployment = workloads::with_grace_period(deployment, 1);
+    deployment.metadata.annotations = Some(
+        annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    (deployment, workloads::service(name))
 }
 
 struct Scenario {
@@ -176,19 +123,13 @@ impl Scenario {
 
     async fn controller_named(&self, identity: Option<&str>) -> anyhow::Result<Program> {
         let cluster = Cluster::shared().await?;
-        let mut options = ProgramOptions::default().arg("run");
-        if let Some(identity) = identity {
-            options = options.arg(format!("--identity={identity}"));
-        }
-        let mut options = options
-            .arg(format!("--queue-url={}", self.queues.url))
-            .arg("--aws-disable-retries")
-            .arg(format!("--lease-namespace={}", self.test.name))
-            .arg("--lease-duration=3")
+        let mut options = self
+            .moto
+            .controller_options(&self.queues.url, &self.test.name)
             .arg("--visibility-timeout=3s")
             .arg("--scale-back-interval=1s");
-        for (k, v) in self.moto.env() {
-            options = options.env(k, v);
+        if let Some(identity) = identity {
+            options = options.arg(format!("--identity={identity}"));
         }
         Ok(cluster.start_controller(options).await?)
     }
@@ -639,16 +580,9 @@ async fn rebalance_moves_a_lone_statefulset_early_and_shutdown_cleans_up() -> an
         assert_eq!(ready_on(&first).as_deref(), Some(doomed.name.as_str()));
         let spare = FakeNode::spot("m7g.large", "us-east-1b").with_label(POOL, &test.name);
         spare.create(&test.client).await?;
-        let mut options = ProgramOptions::default()
-            .arg("run")
-            .arg(format!("--queue-url={}", queues.url))
-            .arg("--aws-disable-retries")
-            .arg(format!("--lease-namespace={}", test.name))
-            .arg("--lease-duration=3");
-        for (k, v) in moto.env() {
-            options = options.env(k, v);
-        }
-        let _controller = cluster.start_controller(options).await?;
+        let _controller = cluster
+            .start_controller(moto.controller_options(&queues.url, &test.name))
+            .await?;
         moto.send_event(
             &queues.url,
             EventKind::RebalanceRecommendation,

@@ -12,7 +12,6 @@ use k8s_openapi::api::core::v1::{Container, Node, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use spotkube_rig::aws::{EventKind, Moto};
-use spotkube_rig::programs::ProgramOptions;
 use spotkube_rig::{Cluster, FakeNode, wait_for};
 
 fn env(name: &str, default: usize) -> usize {
@@ -96,16 +95,9 @@ async fn an_interruption_is_acted_on_among_many_nodes_and_pods() -> anyhow::Resu
         let queues = moto
             .create_queue_with_dlq(&format!("{}-events", test.name), 2)
             .await?;
-        let mut options = ProgramOptions::default()
-            .arg("run")
-            .arg(format!("--queue-url={}", queues.url))
-            .arg("--aws-disable-retries")
-            .arg(format!("--lease-namespace={}", test.name))
-            .arg("--lease-duration=3");
-        for (k, v) in moto.env() {
-            options = options.env(k, v);
-        }
-        let controller = cluster.start_controller(options).await?;
+        let controller = cluster
+            .start_controller(moto.controller_options(&queues.url, &test.name))
+            .await?;
         let pods: Api<k8s_openapi::api::core::v1::Pod> =
             Api::namespaced(test.client.clone(), &test.name);
         wait_for("pods running", Duration::from_secs(600), || async {

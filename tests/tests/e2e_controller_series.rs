@@ -4,52 +4,19 @@
 //! to `$SPOTKUBE_BENCH_OUT` when set (the benchmark in BENCHMARKS.md); they are recorded,
 //! never asserted.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-use k8s_openapi::api::core::v1::{Container, Node, Pod, PodSpec, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, ListParams, PostParams};
 use spotkube_rig::aws::{EventKind, Moto};
-use spotkube_rig::programs::ProgramOptions;
-use spotkube_rig::{Cluster, FakeNode, wait_for, wait_for_rollout};
+use spotkube_rig::{Cluster, FakeNode, wait_for, wait_for_rollout, workloads};
 
 const POOL: &str = "spotkube.test/pool";
 
 fn deployment(name: &str, pool: &str) -> Deployment {
-    let labels = BTreeMap::from([("app".to_string(), name.to_string())]);
-    Deployment {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        spec: Some(DeploymentSpec {
-            replicas: Some(1),
-            selector: LabelSelector {
-                match_labels: Some(labels.clone()),
-                ..Default::default()
-            },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    node_selector: Some(BTreeMap::from([(POOL.to_string(), pool.to_string())])),
-                    termination_grace_period_seconds: Some(1),
-                    containers: vec![Container {
-                        name: "app".into(),
-                        image: Some("registry.k8s.io/pause:3.10".into()),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }),
-            },
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    let deployment = workloads::with_node_selector(workloads::deployment(name, 1), POOL, pool);
+    workloads::with_grace_period(deployment, 1)
 }
 
 fn runs() -> usize {
@@ -105,16 +72,9 @@ async fn a_series_of_interruptions_is_each_acted_on() -> anyhow::Result<()> {
                 .create(&test.client)
                 .await?;
         }
-        let mut options = ProgramOptions::default()
-            .arg("run")
-            .arg(format!("--queue-url={}", queues.url))
-            .arg("--aws-disable-retries")
-            .arg(format!("--lease-namespace={}", test.name))
-            .arg("--lease-duration=3");
-        for (k, v) in moto.env() {
-            options = options.env(k, v);
-        }
-        let _controller = cluster.start_controller(options).await?;
+        let _controller = cluster
+            .start_controller(moto.controller_options(&queues.url, &test.name))
+            .await?;
         let nodes: Api<Node> = Api::all(test.client.clone());
         let pods: Api<Pod> = Api::namespaced(test.client.clone(), &test.name);
         let (mut to_taint, mut to_ready) = (Vec::new(), Vec::new());

@@ -90,18 +90,12 @@ async fn scenario(cluster: &Cluster, test: &TestNamespace) -> anyhow::Result<()>
             ..Default::default()
         })
         .await?;
-    wait_for(
-        "extender loads the ranking",
-        Duration::from_secs(30),
-        || async {
-            Ok(extender
-                .metrics()
-                .await?
-                .contains("spotkube_extender_ranking_loaded 1")
-                .then_some(()))
-        },
-    )
-    .await?;
+    extender
+        .wait_for_metric(
+            "spotkube_extender_ranking_loaded 1",
+            Duration::from_secs(30),
+        )
+        .await?;
     let mut config = ExtenderConfig::spotkube(extender.url());
     config.weight = 5;
     let _scheduler = cluster.start_scheduler(SCHEDULER, &[config]).await?;
@@ -266,18 +260,12 @@ async fn full_object_scenario(cluster: &Cluster, test: &TestNamespace) -> anyhow
             ..Default::default()
         })
         .await?;
-    wait_for(
-        "extender loads the ranking",
-        Duration::from_secs(30),
-        || async {
-            Ok(extender
-                .metrics()
-                .await?
-                .contains("spotkube_extender_ranking_loaded 1")
-                .then_some(()))
-        },
-    )
-    .await?;
+    extender
+        .wait_for_metric(
+            "spotkube_extender_ranking_loaded 1",
+            Duration::from_secs(30),
+        )
+        .await?;
     let mut config = ExtenderConfig::spotkube(extender.url());
     config.weight = 5;
     config.node_cache_capable = false;

@@ -120,10 +120,8 @@ async fn run() -> anyhow::Result<()> {
     step(
         "Starting spotkube-controller: SQS intake, leader election, ranking from EC2 + Pricing (moto)",
     );
-    let mut controller_options = ProgramOptions::default()
-        .arg("run")
-        .arg(format!("--queue-url={}", queues.url))
-        .arg("--aws-disable-retries")
+    let controller_options = moto
+        .controller_options(&queues.url, "spotkube-system")
         .arg("--publish-ranking")
         .arg("--source=aws")
         .arg("--region=us-east-1")
@@ -131,11 +129,7 @@ async fn run() -> anyhow::Result<()> {
             "--interruption-bands={}",
             price_snapshot_path().display()
         ))
-        .arg("--lease-duration=5")
         .arg("--scale-back-interval=2s");
-    for (k, v) in moto.env() {
-        controller_options = controller_options.env(k, v);
-    }
     let _controller = cluster.start_controller(controller_options).await?;
     let ranking = published_ranking(&client).await?;
     for (zone, entries) in &ranking.zones {
@@ -151,18 +145,12 @@ async fn run() -> anyhow::Result<()> {
         "Starting spotkube-extender and a kube-scheduler whose profile spotkube-scheduler calls it",
     );
     let extender = cluster.start_extender(ProgramOptions::default()).await?;
-    wait_for(
-        "the extender loads the ranking",
-        Duration::from_secs(30),
-        || async {
-            Ok(extender
-                .metrics()
-                .await?
-                .contains("spotkube_extender_ranking_loaded 1")
-                .then_some(()))
-        },
-    )
-    .await?;
+    extender
+        .wait_for_metric(
+            "spotkube_extender_ranking_loaded 1",
+            Duration::from_secs(30),
+        )
+        .await?;
     let _scheduler = cluster
         .start_scheduler(SCHEDULER, &[ExtenderConfig::spotkube(extender.url())])
         .await?;
