@@ -6,7 +6,7 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/spotkube/target
 CARGO ?= cargo
 
-.PHONY: demo test tools build lint unit help
+.PHONY: demo test tools build lint unit help bench-webhook bench-extender bench-controller
 
 help:
 	@echo "make demo   run the local demo: control plane + kwok + moto + webhook, extender, controller"
@@ -33,3 +33,16 @@ test: tools lint build
 
 demo: tools build
 	$(CARGO) run --quiet -p spotkube-tests --bin spotkube-demo
+
+## Benchmarks (figures and machine notes in BENCHMARKS.md).
+bench-webhook:
+	webhook/bench/run.sh
+
+bench-extender:
+	$(CARGO) bench -p spotkube-extender --bench load
+
+bench-controller: tools build
+	SPOTKUBE_BENCH_OUT=/dev/stdout SPOTKUBE_BENCH_RUNS=20 \
+	  $(CARGO) test -p spotkube-tests --test e2e_controller_series -- --nocapture
+	SPOTKUBE_SCALE_NODES=1000 SPOTKUBE_SCALE_PODS=10000 SPOTKUBE_BENCH_OUT=/dev/stdout \
+	  $(CARGO) test -p spotkube-tests --test e2e_controller_scale -- --nocapture
