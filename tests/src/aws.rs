@@ -1,6 +1,7 @@
 //! AWS on 127.0.0.1: moto's server (wrapped by `tests/tools/moto_server.py`, which adds a
-//! Pricing GetProducts stand-in, seeded per-AZ spot prices and an
-//! InsufficientInstanceCapacity switch) plus helpers for SQS, EventBridge-shaped events,
+//! Pricing GetProducts stand-in, seeded per-AZ spot prices, an
+//! InsufficientInstanceCapacity switch, DescribeInstanceTypes pagination, a throttling
+//! switch and per-action call counters) plus helpers for SQS, EventBridge-shaped events,
 //! EC2 instances and Auto Scaling groups.
 
 use std::path::PathBuf;
@@ -308,6 +309,38 @@ impl Moto {
         self.post("/spotkube/ice", json!({ "capacity": capacity }))
             .await?;
         Ok(())
+    }
+
+    /// The next `count` calls of `action` (EC2 `Action`, e.g. `"DescribeSpotPriceHistory"`,
+    /// or a Pricing operation, e.g. `"GetProducts"`) fail as AWS throttles them: HTTP 400
+    /// `RequestLimitExceeded` (EC2) / `ThrottlingException` (Pricing). Counts add up.
+    pub async fn throttle(&self, action: &str, count: u32) -> Result<(), RigError> {
+        self.post(
+            "/spotkube/throttle",
+            json!({ "action": action, "count": count }),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// How many calls of `action` this moto has answered (throttled ones included) since it
+    /// started or was last [`reset`](Moto::reset).
+    pub async fn calls(&self, action: &str) -> Result<u64, RigError> {
+        let resp = reqwest::Client::new()
+            .get(format!("{}/spotkube/calls", self.endpoint))
+            .query(&[("action", action)])
+            .send()
+            .await
+            .map_err(|e| aws_err("calls", e))?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|e| aws_err("calls", e))?;
+        if !status.is_success() {
+            return Err(aws_err("calls", format!("HTTP {status}: {text}")));
+        }
+        serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["count"].as_u64())
+            .ok_or_else(|| aws_err("calls", format!("unexpected answer {text}")))
     }
 
     /// Clears the InsufficientInstanceCapacity switch.

@@ -34,7 +34,21 @@ Runs moto's own WSGI app in-process and adds, without touching moto's files:
    nothing is left the call fails with `InsufficientInstanceCapacity`.
    `DELETE /spotkube/ice` clears the switch.
 
-`POST /spotkube/reset` restores the seeded prices and clears the ICE switch (moto's own
+4. DescribeInstanceTypes pagination (moto 5.2.1 ignores MaxResults and answers one page).
+   With MaxResults (5..100, as AWS) moto's own answer — same InstanceTypes and Filter.N
+   handling — is sliced into pages; NextToken is an opaque offset. Without MaxResults,
+   moto's single page is returned untouched.
+
+5. Throttling switch (moto never throttles). `POST /spotkube/throttle` {"action":
+   "DescribeSpotPriceHistory", "count": 2} makes the next `count` calls of that action
+   (EC2 query `Action=`, or the `X-Amz-Target` suffix for Pricing, e.g. "GetProducts")
+   fail with HTTP 400 and the service's own error shape: EC2 XML `RequestLimitExceeded`,
+   Pricing JSON `ThrottlingException`. Counts add up; `DELETE /spotkube/throttle` clears.
+   Every call of every action is counted (throttled ones too): `GET /spotkube/calls`
+   answers {"calls": {action: n}}, `GET /spotkube/calls?action=X` {"action": X, "count": n}.
+
+`POST /spotkube/reset` restores the seeded prices and clears the ICE switch, the throttles
+and the call counters (moto's own
 `POST /moto-api/reset` clears moto's backends, not these overrides).
 """
 
@@ -46,6 +60,7 @@ import io
 import json
 import sys
 import threading
+import urllib.parse
 
 from moto.core.responses import ActionResult
 from moto.ec2.exceptions import EC2ClientError
@@ -62,7 +77,8 @@ WINDOWS_SPOT_FACTOR = 1.8
 OLD_POINT_FACTOR = 1.10
 
 LOCK = threading.Lock()
-STATE = {"spot": {}, "ice": set()}  # spot: (type, az, product) -> [(datetime, price)]
+# spot: (type, az, product) -> [(datetime, price)]; throttle/calls: action -> count
+STATE = {"spot": {}, "ice": set(), "throttle": {}, "calls": {}}
 
 
 def utcnow():
@@ -331,6 +347,29 @@ def template_instance_type(backend, spec):
         return None
 
 
+def describe_instance_types(self):
+    max_results = self._get_param("MaxResults")
+    if max_results is None or max_results == "":
+        return _original_describe_instance_types(self)
+    max_results = int(max_results)
+    if not 5 <= max_results <= 100:
+        raise EC2ClientError("InvalidParameterValue", f"MaxResults {max_results} is out of range [5, 100]")
+    token = self._get_param("NextToken")
+    offset = 0
+    if token:
+        try:
+            offset = decode_token(token)
+        except PricingError:
+            raise EC2ClientError("InvalidNextToken", "The token is invalid")
+    # moto's full answer (InstanceTypes and Filter.N honoured by moto itself), then a page.
+    full = _original_describe_instance_types(self).result["InstanceTypes"]
+    result = {"InstanceTypes": full[offset:offset + max_results]}
+    if offset + max_results < len(full):
+        result["NextToken"] = encode_token(offset + max_results)
+    return ActionResult(result)
+
+
+_original_describe_instance_types = InstanceResponse.describe_instance_types
 _original_run_instances = InstanceResponse.run_instances
 _original_create_fleet = Fleets.create_fleet
 
@@ -414,10 +453,26 @@ def create_fleet(self):
 def install_overrides():
     SpotInstances.describe_spot_price_history = describe_spot_price_history
     InstanceResponse.run_instances = run_instances
+    InstanceResponse.describe_instance_types = describe_instance_types
     Fleets.create_fleet = create_fleet
 
 
 # ---------------------------------------------------------------- WSGI wrapper
+
+
+def query_action(environ):
+    """The `Action` of an AWS query-protocol request (EC2, SQS query, ...), from the query
+    string or the form body; the body is put back for moto to read."""
+    query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+    if "Action" in query:
+        return query["Action"][0]
+    if not environ.get("CONTENT_TYPE", "").startswith("application/x-www-form-urlencoded"):
+        return None
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    raw = environ["wsgi.input"].read(length) if length else b""
+    environ["wsgi.input"] = io.BytesIO(raw)
+    form = urllib.parse.parse_qs(raw.decode("utf-8", "replace"))
+    return form.get("Action", [None])[0]
 
 
 def json_response(start_response, status, payload, content_type="application/json"):
@@ -437,15 +492,56 @@ class SpotkubeApp:
         with LOCK:
             STATE["spot"] = {k: list(v) for k, v in self.seeded.items()}
             STATE["ice"] = set()
+            STATE["throttle"] = {}
+            STATE["calls"] = {}
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
         target = environ.get("HTTP_X_AMZ_TARGET", "")
         if path.startswith("/spotkube/"):
             return self.control(environ, start_response, path)
+        if path.startswith("/moto-api/"):
+            return self.moto_app(environ, start_response)
+        throttled = self.count_call(environ, target)
+        if throttled:
+            return self.throttle_response(start_response, *throttled)
         if target.startswith("AWSPriceListService."):
             return self.pricing(environ, start_response, target.split(".", 1)[1])
         return self.moto_app(environ, start_response)
+
+    def count_call(self, environ, target):
+        """Counts the call; returns (protocol, action) when the throttle switch hits it."""
+        if target:
+            protocol, action = "json", target.rsplit(".", 1)[-1]
+        else:
+            protocol, action = "query", query_action(environ)
+        if not action:
+            return None
+        with LOCK:
+            STATE["calls"][action] = STATE["calls"].get(action, 0) + 1
+            left = STATE["throttle"].get(action, 0)
+            if left <= 0:
+                return None
+            STATE["throttle"][action] = left - 1
+        return protocol, action
+
+    def throttle_response(self, start_response, protocol, action):
+        if protocol == "json":
+            return json_response(
+                start_response,
+                "400 Bad Request",
+                {"__type": "ThrottlingException", "Message": "Rate exceeded"},
+                "application/x-amz-json-1.1",
+            )
+        request_id = hashlib.sha1(f"{action}{utcnow()}".encode()).hexdigest()
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n'
+            "<Response><Errors><Error><Code>RequestLimitExceeded</Code>"
+            "<Message>Request limit exceeded.</Message></Error></Errors>"
+            f"<RequestID>{request_id}</RequestID></Response>"
+        ).encode()
+        start_response("400 Bad Request", [("Content-Type", "text/xml"), ("Content-Length", str(len(body)))])
+        return [body]
 
     def read_json(self, environ):
         length = int(environ.get("CONTENT_LENGTH") or 0)
@@ -494,6 +590,25 @@ class SpotkubeApp:
                 with LOCK:
                     current = sorted(STATE["ice"])
                 return json_response(start_response, "200 OK", {"capacity": current})
+            if path == "/spotkube/throttle" and method == "POST":
+                body = self.read_json(environ)
+                action, count = str(body["action"]), int(body.get("count", 1))
+                with LOCK:
+                    STATE["throttle"][action] = STATE["throttle"].get(action, 0) + count
+                    current = dict(STATE["throttle"])
+                return json_response(start_response, "200 OK", {"throttle": current})
+            if path == "/spotkube/throttle" and method == "DELETE":
+                with LOCK:
+                    STATE["throttle"] = {}
+                return json_response(start_response, "200 OK", {"throttle": {}})
+            if path == "/spotkube/calls" and method == "GET":
+                query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+                with LOCK:
+                    calls = dict(STATE["calls"])
+                if "action" in query:
+                    action = query["action"][0]
+                    return json_response(start_response, "200 OK", {"action": action, "count": calls.get(action, 0)})
+                return json_response(start_response, "200 OK", {"calls": calls})
             if path == "/spotkube/health":
                 return json_response(start_response, "200 OK", {"ok": True})
             return json_response(start_response, "404 Not Found", {"error": f"no such endpoint {method} {path}"})

@@ -54,6 +54,8 @@ pub struct AwsSource {
     interruption_bands: BTreeMap<String, u8>,
     /// `MaxResults` of DescribeSpotPriceHistory pages (AWS allows up to 1000).
     spot_page_size: i32,
+    /// `MaxResults` of DescribeInstanceTypes pages (AWS: 5..=100); `None` = AWS's default.
+    instance_types_page_size: Option<i32>,
 }
 
 impl AwsSource {
@@ -66,12 +68,19 @@ impl AwsSource {
             region,
             interruption_bands: BTreeMap::new(),
             spot_page_size: 1000,
+            instance_types_page_size: None,
         }
     }
 
     /// Smaller DescribeSpotPriceHistory pages (tests exercise pagination with it).
     pub fn with_spot_page_size(mut self, size: i32) -> Self {
         self.spot_page_size = size.clamp(1, 1000);
+        self
+    }
+
+    /// Smaller DescribeInstanceTypes pages (tests exercise pagination with it).
+    pub fn with_instance_types_page_size(mut self, size: Option<i32>) -> Self {
+        self.instance_types_page_size = size.map(|s| s.clamp(5, 100));
         self
     }
 
@@ -104,6 +113,7 @@ impl AwsSource {
             let call = || async {
                 self.ec2
                     .describe_instance_types()
+                    .set_max_results(self.instance_types_page_size)
                     .set_next_token(token.clone())
                     .send()
                     .await

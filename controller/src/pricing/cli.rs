@@ -50,6 +50,9 @@ pub struct RankArgs {
     /// DescribeSpotPriceHistory page size (tests use small pages to exercise pagination).
     #[arg(long, hide = true, default_value_t = 1000)]
     pub spot_page_size: i32,
+    /// DescribeInstanceTypes page size, 5..=100 (tests use small pages to exercise pagination).
+    #[arg(long, hide = true)]
+    pub instance_types_page_size: Option<i32>,
     /// How many types to keep per AZ.
     #[arg(long, env = "SPOTKUBE_RANKING_TOP", default_value_t = 6)]
     pub top: usize,
@@ -162,7 +165,8 @@ impl RankArgs {
                 AnySource::Aws(
                     AwsSource::from_config(&config, region)
                         .with_interruption_bands(bands)
-                        .with_spot_page_size(self.spot_page_size),
+                        .with_spot_page_size(self.spot_page_size)
+                        .with_instance_types_page_size(self.instance_types_page_size),
                 )
             }
         })
