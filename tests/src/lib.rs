@@ -35,7 +35,10 @@ pub use cluster::{Cluster, TestNamespace};
 pub use control_plane::{ControlPlane, ExtenderConfig};
 pub use nodes::{Capacity, FakeNode, NodeKind, ZONES};
 pub use programs::Program;
-pub use wait::{ready_endpoints, wait_for, wait_for_ready_endpoints, wait_for_rollout};
+pub use wait::{
+    ready_endpoints, wait_for, wait_for_ready_endpoints, wait_for_rollout,
+    wait_for_schedulable_nodes,
+};
 
 /// Everything that can go wrong while setting up or driving the rig.
 #[derive(Debug, thiserror::Error)]

@@ -4,6 +4,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams};
 
@@ -105,4 +106,45 @@ pub async fn wait_for_rollout(
         },
     )
     .await
+}
+
+/// Waits until `count` Nodes matching `label_selector` are Ready and free of the
+/// lifecycle taints (`node.kubernetes.io/not-ready`, `.../unreachable`), i.e. the
+/// scheduler may use them. New kwok nodes carry `not-ready` for a moment: a test that
+/// schedules before then sees fewer feasible nodes than it created (and kube-scheduler
+/// skips an extender's prioritize when fewer than two nodes pass its filters).
+pub async fn wait_for_schedulable_nodes(
+    client: &kube::Client,
+    label_selector: &str,
+    count: usize,
+    timeout: Duration,
+) -> Result<(), RigError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let params = ListParams::default().labels(label_selector);
+    wait_for(
+        &format!("{count} schedulable nodes with {label_selector}"),
+        timeout,
+        || async {
+            let schedulable = nodes
+                .list(&params)
+                .await?
+                .items
+                .iter()
+                .filter(|n| crate::nodes::is_ready(n) && !has_lifecycle_taint(n))
+                .count();
+            Ok((schedulable >= count).then_some(()))
+        },
+    )
+    .await
+}
+
+fn has_lifecycle_taint(node: &Node) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|taints| {
+            taints.iter().any(|t| {
+                t.key == "node.kubernetes.io/not-ready" || t.key == "node.kubernetes.io/unreachable"
+            })
+        })
 }

@@ -12,7 +12,10 @@ use serde_json::json;
 use spotkube_rig::nodes::price_snapshot_path;
 use spotkube_rig::programs::ProgramOptions;
 use spotkube_rig::tools::program_binary;
-use spotkube_rig::{Cluster, ExtenderConfig, FakeNode, TestNamespace, ZONES, wait_for, workloads};
+use spotkube_rig::{
+    Cluster, ExtenderConfig, FakeNode, TestNamespace, ZONES, wait_for, wait_for_schedulable_nodes,
+    workloads,
+};
 use spotkube_shared::ranking::Ranking;
 
 const SCHEDULER: &str = "spotkube-scheduler";
@@ -69,6 +72,13 @@ async fn scenario(cluster: &Cluster, test: &TestNamespace) -> anyhow::Result<()>
             }
         }
     }
+    wait_for_schedulable_nodes(
+        &client,
+        &format!("spotkube.test/pool={pool}"),
+        12,
+        Duration::from_secs(60),
+    )
+    .await?;
 
     let ranking = snapshot_ranking().await?;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &test.name);
@@ -241,6 +251,13 @@ async fn full_object_scenario(cluster: &Cluster, test: &TestNamespace) -> anyhow
                 .insert(node.metadata.name.unwrap());
         }
     }
+    wait_for_schedulable_nodes(
+        &client,
+        &format!("spotkube.test/pool={pool}"),
+        6,
+        Duration::from_secs(60),
+    )
+    .await?;
     let ranking_text = snapshot_ranking().await?;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &test.name);
     cms.create(

@@ -21,7 +21,10 @@ use serde_json::json;
 use spotkube_rig::aws::{EventKind, Moto};
 use spotkube_rig::nodes::{Capacity, price_snapshot_path};
 use spotkube_rig::programs::ProgramOptions;
-use spotkube_rig::{Cluster, ExtenderConfig, ZONES, wait_for, wait_for_rollout, workloads};
+use spotkube_rig::{
+    Cluster, ExtenderConfig, ZONES, wait_for, wait_for_rollout, wait_for_schedulable_nodes,
+    workloads,
+};
 use spotkube_shared::ranking::Ranking;
 
 const NAMESPACE: &str = "demo";
@@ -97,6 +100,7 @@ async fn run() -> anyhow::Result<()> {
             fleet.push((node, *instance_type));
         }
     }
+    wait_for_schedulable_nodes(&client, "", fleet.len(), Duration::from_secs(60)).await?;
 
     for ns in ["spotkube-system", NAMESPACE] {
         let annotations = (ns == NAMESPACE)
