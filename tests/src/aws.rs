@@ -211,6 +211,38 @@ impl Moto {
         ]
     }
 
+    /// Runs `spotkube-controller rank --source aws --output json` against this moto (Spot
+    /// Advisor bands from the price snapshot), with `extra` flags and `env` on top of
+    /// [`Moto::env`], and decodes the ranking it prints.
+    pub async fn rank(
+        &self,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<spotkube_shared::ranking::Ranking, RigError> {
+        let binary = crate::tools::program_binary("spotkube-controller");
+        let output = tokio::process::Command::new(&binary)
+            .args(["rank", "--source", "aws", "--output", "json"])
+            .arg("--interruption-bands")
+            .arg(nodes::price_snapshot_path())
+            .args(extra)
+            .envs(self.env())
+            .envs(env.iter().copied())
+            .env("SPOTKUBE_LOG_FORMAT", "text")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .map_err(|e| RigError::io(&binary, e))?;
+        if !output.status.success() {
+            return Err(aws_err(
+                "rank",
+                String::from_utf8_lossy(&output.stderr).to_string(),
+            ));
+        }
+        let text = String::from_utf8_lossy(&output.stdout);
+        spotkube_shared::ranking::Ranking::from_json(&text)
+            .map_err(|e| aws_err("rank output", e.to_string()))
+    }
+
     /// `spotkube-controller run` consuming `queue_url` from this moto, its Lease in
     /// `lease_namespace` (short, so failover tests stay quick), SDK retries off. Append
     /// more flags with [`ProgramOptions::arg`].

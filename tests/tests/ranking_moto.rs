@@ -3,38 +3,11 @@
 //! spot prices — snapshot × {a: 1.00, b: 1.03, c: 0.97}, rounded to 6 decimals — and
 //! serves Pricing GetProducts from the snapshot).
 
-use std::process::Stdio;
-
 use spotkube_rig::aws::Moto;
-use spotkube_rig::nodes::price_snapshot_path;
-use spotkube_rig::tools::program_binary;
 use spotkube_shared::ranking::Ranking;
 
 async fn rank_from_moto(moto: &Moto, extra: &[&str]) -> anyhow::Result<Ranking> {
-    let binary = program_binary("spotkube-controller");
-    let output = tokio::process::Command::new(&binary)
-        .args([
-            "rank",
-            "--source",
-            "aws",
-            "--output",
-            "json",
-            "--interruption-bands",
-        ])
-        .arg(price_snapshot_path())
-        .args(extra)
-        .envs(moto.env())
-        .env("SPOTKUBE_LOG_FORMAT", "text")
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|e| anyhow::anyhow!("running {}: {e}", binary.display()))?;
-    anyhow::ensure!(
-        output.status.success(),
-        "rank failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(Ranking::from_json(std::str::from_utf8(&output.stdout)?)?)
+    Ok(moto.rank(extra, &[]).await?)
 }
 
 fn names(ranking: &Ranking, zone: &str) -> Vec<String> {

@@ -3,46 +3,17 @@
 //! and throttled DescribeSpotPriceHistory / Pricing GetProducts calls retried with backoff
 //! (the wrapper's throttling switch), each proved by the wrapper's call counters.
 
-use std::process::Stdio;
-
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use spotkube_rig::aws::Moto;
-use spotkube_rig::nodes::price_snapshot_path;
-use spotkube_rig::tools::program_binary;
 use spotkube_shared::ranking::Ranking;
 
-/// `spotkube-controller rank --source aws --output json` against `moto`, with `extra`
-/// flags and `env` on top of moto's environment.
+/// `spotkube-controller rank --source aws --output json` against `moto`.
 async fn rank_from_moto(
     moto: &Moto,
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> anyhow::Result<Ranking> {
-    let binary = program_binary("spotkube-controller");
-    let output = tokio::process::Command::new(&binary)
-        .args([
-            "rank",
-            "--source",
-            "aws",
-            "--output",
-            "json",
-            "--interruption-bands",
-        ])
-        .arg(price_snapshot_path())
-        .args(extra)
-        .envs(moto.env())
-        .envs(env.iter().copied())
-        .env("SPOTKUBE_LOG_FORMAT", "text")
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|e| anyhow::anyhow!("running {}: {e}", binary.display()))?;
-    anyhow::ensure!(
-        output.status.success(),
-        "rank failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(Ranking::from_json(std::str::from_utf8(&output.stdout)?)?)
+    Ok(moto.rank(extra, env).await?)
 }
 
 /// The SDK's own retries off (`AWS_MAX_ATTEMPTS=1`): only the source's backoff can
