@@ -17,7 +17,7 @@ use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use spotkube_rig::aws::{EventKind, Moto, Queues};
 use spotkube_rig::{
     Cluster, FakeNode, Program, TestNamespace, ready_endpoints, wait_for, wait_for_ready_endpoints,
-    wait_for_rollout, workloads,
+    wait_for_rollout, wait_for_schedulable_nodes, workloads,
 };
 
 const POOL: &str = "spotkube.test/pool";
@@ -108,6 +108,15 @@ impl Scenario {
         .await?;
         let spare = FakeNode::spot("m7g.large", "us-east-1b").with_label(POOL, &test.name);
         spare.create(&test.client).await?;
+        // The spare must be schedulable before the event, or replacements wait for kwok
+        // (or, under a soft `PreferNoSchedule`, go straight back to the doomed node).
+        wait_for_schedulable_nodes(
+            &test.client,
+            &format!("{POOL}={}", test.name),
+            2,
+            Duration::from_secs(60),
+        )
+        .await?;
         Ok(Scenario {
             spare,
             test,
@@ -580,6 +589,15 @@ async fn rebalance_moves_a_lone_statefulset_early_and_shutdown_cleans_up() -> an
         assert_eq!(ready_on(&first).as_deref(), Some(doomed.name.as_str()));
         let spare = FakeNode::spot("m7g.large", "us-east-1b").with_label(POOL, &test.name);
         spare.create(&test.client).await?;
+        // The spare must be schedulable before the event: `PreferNoSchedule` on the doomed
+        // node is soft, so a not-yet-Ready spare would send db-0 straight back.
+        wait_for_schedulable_nodes(
+            &test.client,
+            &format!("{POOL}={}", test.name),
+            2,
+            Duration::from_secs(60),
+        )
+        .await?;
         let _controller = cluster
             .start_controller(moto.controller_options(&queues.url, &test.name))
             .await?;
