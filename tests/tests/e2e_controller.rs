@@ -193,6 +193,26 @@ impl Scenario {
         Ok(())
     }
 
+    /// Waits for a rollout restart to have happened and finished. The restart follows the
+    /// taint, so its ReplicaSet is awaited first; otherwise the old, still complete rollout
+    /// would pass for the new one.
+    async fn wait_restarted(&self) -> anyhow::Result<()> {
+        wait_for(
+            "the restart's ReplicaSet",
+            Duration::from_secs(30),
+            || async { Ok((self.replica_sets().await? >= 2).then_some(())) },
+        )
+        .await?;
+        wait_for_rollout(
+            &self.test.client,
+            &self.test.name,
+            "web",
+            Duration::from_secs(30),
+        )
+        .await?;
+        Ok(())
+    }
+
     async fn replica_sets(&self) -> anyhow::Result<usize> {
         Ok(
             Api::<ReplicaSet>::namespaced(self.test.client.clone(), &self.test.name)
@@ -430,7 +450,7 @@ async fn a_killed_controller_surges_exactly_once_and_survives_garbage() -> anyho
         })
         .await?;
         assert!(controller.process.exited().is_none(), "controller crashed");
-        wait_for_rollout(&s.test.client, &s.test.name, "web", Duration::from_secs(30)).await?;
+        s.wait_restarted().await?;
         let d = s.deployment().await?;
         assert_eq!(
             d.metadata.annotations.unwrap()["spotkube.io/reason"],
@@ -523,7 +543,7 @@ async fn the_standby_takes_over_when_the_leader_dies() -> anyhow::Result<()> {
         s.interrupt().await?;
         s.wait_tainted().await?;
         assert_eq!(lease_holder(&s).await?, survivor);
-        wait_for_rollout(&s.test.client, &s.test.name, "web", Duration::from_secs(30)).await?;
+        s.wait_restarted().await?;
         assert_eq!(s.replica_sets().await?, 2);
         Ok(())
     }

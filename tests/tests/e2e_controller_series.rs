@@ -10,7 +10,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams, PostParams};
 use spotkube_rig::aws::{EventKind, Moto};
-use spotkube_rig::{Cluster, FakeNode, wait_for, wait_for_rollout, workloads};
+use spotkube_rig::{
+    Cluster, FakeNode, wait_for, wait_for_rollout, wait_for_schedulable_nodes, workloads,
+};
 
 const POOL: &str = "spotkube.test/pool";
 
@@ -71,6 +73,16 @@ async fn a_series_of_interruptions_is_each_acted_on() -> anyhow::Result<()> {
                 .with_label(POOL, pool)
                 .create(&test.client)
                 .await?;
+        }
+        // Measure spotkube, not kwok: every spare is schedulable before the first event.
+        for (_, pool) in &doomed {
+            wait_for_schedulable_nodes(
+                &test.client,
+                &format!("{POOL}={pool}"),
+                2,
+                Duration::from_secs(60),
+            )
+            .await?;
         }
         let _controller = cluster
             .start_controller(moto.controller_options(&queues.url, &test.name))
