@@ -36,6 +36,23 @@ fn is_throttling<E: ProvideErrorMetadata>(e: &E) -> bool {
     e.code().is_some_and(|c| THROTTLING.contains(&c))
 }
 
+/// Sends one AWS request (built afresh by `call` on every attempt), retrying it with
+/// backoff while AWS throttles, and names `operation` in the error otherwise.
+async fn send_retrying_throttling<T, E, F, Fut>(
+    operation: &'static str,
+    call: F,
+) -> Result<T, PricingError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    call.retry(backoff())
+        .when(is_throttling)
+        .await
+        .map_err(aws_error(operation))
+}
+
 fn aws_error<E>(operation: &'static str) -> impl Fn(E) -> PricingError
 where
     E: std::error::Error + 'static,
@@ -118,11 +135,7 @@ impl AwsSource {
                     .send()
                     .await
             };
-            let page = call
-                .retry(backoff())
-                .when(is_throttling)
-                .await
-                .map_err(aws_error("DescribeInstanceTypes"))?;
+            let page = send_retrying_throttling("DescribeInstanceTypes", call).await?;
             for t in page.instance_types() {
                 if let Some((name, info)) = type_info(t) {
                     types.insert(name, info);
@@ -168,11 +181,7 @@ impl AwsSource {
                         .send()
                         .await
                 };
-                let page = call
-                    .retry(backoff())
-                    .when(is_throttling)
-                    .await
-                    .map_err(aws_error("DescribeSpotPriceHistory"))?;
+                let page = send_retrying_throttling("DescribeSpotPriceHistory", call).await?;
                 for p in page.spot_price_history() {
                     let (Some(zone), Some(t), Some(price), Some(ts)) = (
                         p.availability_zone(),
@@ -242,11 +251,7 @@ impl AwsSource {
                     .send()
                     .await
             };
-            let page = call
-                .retry(backoff())
-                .when(|e| e.code().is_some_and(|c| THROTTLING.contains(&c)))
-                .await
-                .map_err(aws_error("GetProducts"))?;
+            let page = send_retrying_throttling("GetProducts", call).await?;
             for item in page.price_list() {
                 if let Some((name, price)) = parse_price_item(item)? {
                     prices.entry(name).or_insert(price);
