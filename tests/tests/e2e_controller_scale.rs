@@ -4,15 +4,13 @@
 //! controller's resident memory is written to `$SPOTKUBE_BENCH_OUT` when set (recorded,
 //! never asserted).
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-use k8s_openapi::api::core::v1::{Container, Node, PodSpec, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, ListParams, PostParams};
 use spotkube_rig::aws::{EventKind, Moto};
-use spotkube_rig::{Cluster, FakeNode, wait_for};
+use spotkube_rig::{Cluster, FakeNode, wait_for, workloads};
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -40,7 +38,6 @@ async fn an_interruption_is_acted_on_among_many_nodes_and_pods() -> anyhow::Resu
             env("SPOTKUBE_SCALE_NODES", 50),
             env("SPOTKUBE_SCALE_PODS", 500),
         );
-        let pool = BTreeMap::from([("spotkube.test/pool".to_string(), test.name.clone())]);
         let mut last = None;
         for i in 0..n_nodes {
             let node = FakeNode::spot(
@@ -56,37 +53,11 @@ async fn an_interruption_is_acted_on_among_many_nodes_and_pods() -> anyhow::Resu
         let deployments: Api<Deployment> = Api::namespaced(test.client.clone(), &test.name);
         let per = 10.min(n_pods).max(1);
         for d in 0..per {
-            let labels = BTreeMap::from([("app".to_string(), format!("w{d}"))]);
-            let deployment = Deployment {
-                metadata: ObjectMeta {
-                    name: Some(format!("w{d}")),
-                    ..Default::default()
-                },
-                spec: Some(DeploymentSpec {
-                    replicas: Some((n_pods / per) as i32),
-                    selector: LabelSelector {
-                        match_labels: Some(labels.clone()),
-                        ..Default::default()
-                    },
-                    template: PodTemplateSpec {
-                        metadata: Some(ObjectMeta {
-                            labels: Some(labels),
-                            ..Default::default()
-                        }),
-                        spec: Some(PodSpec {
-                            node_selector: Some(pool.clone()),
-                            containers: vec![Container {
-                                name: "app".into(),
-                                image: Some("registry.k8s.io/pause:3.10".into()),
-                                ..Default::default()
-                            }],
-                            ..Default::default()
-                        }),
-                    },
-                    ..Default::default()
-                }),
-                ..Default::default()
-            };
+            let deployment = workloads::with_node_selector(
+                workloads::deployment(&format!("w{d}"), (n_pods / per) as i32),
+                "spotkube.test/pool",
+                &test.name,
+            );
             deployments
                 .create(&PostParams::default(), &deployment)
                 .await?;
