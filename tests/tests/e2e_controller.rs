@@ -493,6 +493,31 @@ async fn without_the_controller_the_service_does_empty() -> anyhow::Result<()> {
         s.kill_node().await?;
         tokio::time::sleep(Duration::from_secs(3)).await;
         cordon(false).await?;
+        // The replacement waits in the scheduler's unschedulable queue, which an uncordon
+        // does not always flush: once the spare's cordon taint is gone, replace the
+        // pending pod so a fresh one is scheduled at once.
+        wait_for("spare uncordoned", Duration::from_secs(30), || async {
+            let spec = nodes.get(&s.spare.name).await?.spec.unwrap_or_default();
+            let tainted = spec
+                .taints
+                .unwrap_or_default()
+                .iter()
+                .any(|t| t.key == "node.kubernetes.io/unschedulable");
+            Ok((spec.unschedulable != Some(true) && !tainted).then_some(()))
+        })
+        .await?;
+        let pods: Api<Pod> = Api::namespaced(s.test.client.clone(), &s.test.name);
+        for pod in pods.list(&ListParams::default().labels("app=web")).await? {
+            if pod
+                .spec
+                .as_ref()
+                .and_then(|p| p.node_name.as_ref())
+                .is_none()
+            {
+                let name = pod.metadata.name.unwrap_or_default();
+                pods.delete(&name, &DeleteParams::default()).await?;
+            }
+        }
         wait_for_ready_endpoints(
             &s.test.client,
             &s.test.name,
