@@ -152,15 +152,23 @@ impl Cluster {
         self.write().nodes.remove(name);
     }
 
-    /// Replaces every node (a watch (re)list completed).
+    /// Replaces every node with `nodes`.
     pub fn replace_nodes(&self, nodes: &[Node]) {
-        let built: Vec<(String, NodeFacts)> = nodes
-            .iter()
-            .filter_map(|n| Some((n.metadata.name.clone()?, self.facts(n))))
-            .collect();
+        self.replace_node_facts(
+            nodes
+                .iter()
+                .filter_map(|n| Some((n.metadata.name.clone()?, self.facts(n))))
+                .collect(),
+        );
+    }
+
+    /// Replaces every node with already read facts (a watch relist completed: the
+    /// watch buffers facts, not whole Nodes). Scores are computed under the lock so they
+    /// match the ranking in place.
+    pub fn replace_node_facts(&self, nodes: Vec<(String, NodeFacts)>) {
         let mut inner = self.write();
         let index = &inner.index;
-        let map = built
+        let map = nodes
             .into_iter()
             .map(|(name, facts)| {
                 let score = index.score(&facts);

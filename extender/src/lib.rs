@@ -11,9 +11,10 @@ pub mod cache;
 pub mod config;
 pub mod facts;
 pub mod metrics;
+pub mod run;
 pub mod server;
 pub mod verbs;
 pub mod watch;
 
 pub use config::Args;
-pub use server::run;
+pub use run::run;

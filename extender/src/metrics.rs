@@ -17,12 +17,19 @@ pub enum Verb {
     Prioritize,
 }
 
-impl EncodeLabelValue for Verb {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-        encoder.write_str(match self {
+impl Verb {
+    /// The verb as in the URL path, the metric label and the request span.
+    pub fn as_str(self) -> &'static str {
+        match self {
             Verb::Filter => "filter",
             Verb::Prioritize => "prioritize",
-        })
+        }
+    }
+}
+
+impl EncodeLabelValue for Verb {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
     }
 }
 

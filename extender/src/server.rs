@@ -1,7 +1,7 @@
-//! The HTTP API (`POST /filter`, `POST /prioritize`) and the process's run loop.
+//! The HTTP API: `POST /filter` and `POST /prioritize`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -9,16 +9,11 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use prometheus_client::registry::Registry;
-use spotkube_shared::admin::{self, Readiness};
-use spotkube_shared::telemetry;
-use spotkube_shared::tls::ReloadingCert;
+use tracing::field::Empty;
 
 use crate::cache::Cluster;
-use crate::config::Args;
 use crate::metrics::{Metrics, Verb, VerbLabels};
 use crate::verbs;
-use crate::watch;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -43,12 +38,17 @@ async fn prioritize(State(state): State<Arc<AppState>>, body: Bytes) -> Response
     answer(&state, Verb::Prioritize, &body, verbs::prioritize)
 }
 
+/// Answers one call inside its span (`verb`, and `pod` as `namespace/name` once the
+/// body is parsed), so the lines logged inside do not repeat them.
 fn answer(
     state: &AppState,
     verb: Verb,
     body: &[u8],
     handle: fn(&Cluster, &[u8]) -> verbs::Answer,
 ) -> Response {
+    let span = tracing::info_span!("extender", verb = verb.as_str(), pod = Empty);
+    // No await below: holding the guard is fine.
+    let _entered = span.enter();
     let started = Instant::now();
     match handle(&state.cluster, body) {
         Ok((json, outcome)) => {
@@ -66,74 +66,8 @@ fn answer(
                 .bad_requests
                 .get_or_create(&VerbLabels { verb })
                 .inc();
-            tracing::warn!(?verb, error = %e, "bad extender request");
+            tracing::warn!(error = %e, "bad extender request");
             (StatusCode::BAD_REQUEST, e.to_string()).into_response()
         }
     }
-}
-
-/// Runs the extender until SIGTERM: watches, API (TLS when configured) and admin port.
-pub async fn run(args: Args) -> anyhow::Result<()> {
-    let client = kube::Client::try_default().await?;
-    let mut registry = Registry::default();
-    let metrics = Metrics::register(&mut registry);
-    let readiness = Readiness::default();
-    let cluster = Cluster::new(args.capacity_type_label.clone());
-
-    let (ns, name) = args.ranking_configmap.clone();
-    tokio::spawn(watch::nodes(
-        client.clone(),
-        cluster.clone(),
-        metrics.clone(),
-        readiness.gate("node cache"),
-    ));
-    tokio::spawn(watch::namespaces(
-        client.clone(),
-        cluster.clone(),
-        readiness.gate("namespace cache"),
-    ));
-    tokio::spawn(watch::ranking(
-        client,
-        ns,
-        name,
-        cluster.clone(),
-        metrics.clone(),
-        readiness.gate("ranking watch"),
-    ));
-
-    let admin_router = admin::router(Arc::new(registry), readiness);
-    let admin = tokio::spawn(admin::serve(
-        args.admin_listen,
-        admin_router,
-        telemetry::shutdown_signal(),
-    ));
-
-    let app = router(AppState { cluster, metrics }, args.max_body_bytes);
-    let handle = axum_server::Handle::new();
-    let shutdown = handle.clone();
-    tokio::spawn(async move {
-        telemetry::shutdown_signal().await;
-        shutdown.graceful_shutdown(Some(Duration::from_secs(10)));
-    });
-    match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => {
-            // Reloads on Secret updates (the `..data` symlink swap) without a restart.
-            let reloading = ReloadingCert::load(cert, key)?;
-            let _watch = reloading.watch(Duration::from_secs(60))?;
-            tracing::info!(addr = %args.listen, "extender listening (TLS)");
-            axum_server::bind_rustls(args.listen, reloading.axum_config())
-                .handle(handle)
-                .serve(app.into_make_service())
-                .await?;
-        }
-        _ => {
-            tracing::info!(addr = %args.listen, "extender listening (plain HTTP)");
-            axum_server::bind(args.listen)
-                .handle(handle)
-                .serve(app.into_make_service())
-                .await?;
-        }
-    }
-    admin.await??;
-    Ok(())
 }

@@ -31,6 +31,8 @@ pub const REASON_UNKNOWN: &str = "node is not in spotkube's node cache";
 #[derive(Deserialize)]
 struct PodMeta {
     #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
     namespace: Option<String>,
     #[serde(default)]
     annotations: Option<BTreeMap<String, String>>,
@@ -72,7 +74,19 @@ fn parse<'a, N: Deserialize<'a>>(
         (None, Some(list)) => Candidates::Nodes(list.items),
         (None, None) => return Err(BadRequest::NoCandidates),
     };
+    record_pod(&args.pod.metadata);
     Ok((args.pod, candidates))
+}
+
+/// Records `namespace/name` of the pod on the current (request) span, once parsed. A
+/// no-op without a span (benchmarks call the verbs directly).
+fn record_pod(pod: &PodMeta) {
+    let namespace = pod.namespace.as_deref().unwrap_or_default();
+    let name = pod.name.as_deref().unwrap_or_default();
+    tracing::Span::current().record(
+        "pod",
+        tracing::field::display(format_args!("{namespace}/{name}")),
+    );
 }
 
 /// Only the parts of a Node that scoring reads: prioritize never returns Node objects,

@@ -16,3 +16,4 @@ pub mod ranking;
 pub mod admin;
 pub mod telemetry;
 pub mod tls;
+pub mod watch;

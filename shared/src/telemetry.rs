@@ -1,6 +1,8 @@
 //! Process start-up plumbing every spotkube program shares: the rustls crypto
 //! provider, structured logs, and the shutdown signal.
 
+use std::io::IsTerminal;
+
 use clap::ValueEnum;
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
@@ -26,14 +28,23 @@ pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match format {
+        // Colours only on a terminal: log files and shippers get plain text.
         LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(
+                // Every enclosing span's fields ("spans": [...]), so a line logged
+                // inside an action also carries its message id and node.
                 fmt::layer()
                     .json()
                     .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(true)
                     .with_writer(std::io::stderr),
             )
             .try_init(),

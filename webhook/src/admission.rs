@@ -18,6 +18,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use spotkube_shared::policy::{self, Layers, Policy};
+use tracing::Span;
+use tracing::field::Empty;
 
 use crate::metrics::{KindLabels, Metrics, OutcomeLabels};
 use crate::mutate::{self, MutationConfig};
@@ -62,13 +64,19 @@ impl Outcome {
     }
 }
 
-/// The `POST /mutate` handler.
+/// The `POST /mutate` handler. One span per request: what the request is about is
+/// recorded on it once the body is parsed, so the lines logged inside do not repeat it.
+#[tracing::instrument(
+    name = "admission",
+    skip_all,
+    fields(uid = Empty, namespace = Empty, operation = Empty, kind = Empty, name = Empty)
+)]
 pub async fn mutate_handler(
     State(state): State<Arc<AdmissionState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
-    let (outcome, uid, namespace, response) = handle(&state, body);
+    let (outcome, response) = handle(&state, body);
     let elapsed = started.elapsed();
     state
         .metrics
@@ -79,8 +87,6 @@ pub async fn mutate_handler(
         .inc();
     state.metrics.latency.observe(elapsed.as_secs_f64());
     tracing::info!(
-        uid = uid.as_deref().unwrap_or(""),
-        namespace = namespace.as_deref().unwrap_or(""),
         outcome = outcome.as_str(),
         duration_us = elapsed.as_micros() as u64,
         "admission"
@@ -88,12 +94,43 @@ pub async fn mutate_handler(
     response
 }
 
-type Handled = (Outcome, Option<String>, Option<String>, Response);
+/// Records on the current (request) span what a parsed request is about. A pod
+/// created by a controller has no name yet at admission: its `generateName` prefix
+/// (ending in `-`) stands in for it.
+fn record<T: kube::Resource>(request: &AdmissionRequest<T>) {
+    let span = Span::current();
+    span.record("uid", request.uid.as_str());
+    if let Some(namespace) = &request.namespace {
+        span.record("namespace", namespace.as_str());
+    }
+    span.record("operation", operation_name(&request.operation));
+    span.record("kind", request.kind.kind.as_str());
+    let meta = request.object.as_ref().map(|o| o.meta());
+    let name = Some(request.name.as_str())
+        .filter(|n| !n.is_empty())
+        .or_else(|| meta?.name.as_deref())
+        .or_else(|| meta?.generate_name.as_deref());
+    if let Some(name) = name {
+        span.record("name", name);
+    }
+}
+
+/// The operation as the API server spells it.
+fn operation_name(operation: &Operation) -> &'static str {
+    match operation {
+        Operation::Create => "CREATE",
+        Operation::Update => "UPDATE",
+        Operation::Delete => "DELETE",
+        Operation::Connect => "CONNECT",
+    }
+}
+
+type Handled = (Outcome, Response);
 
 fn bad_request(outcome: Outcome, status: StatusCode, reason: String) -> Handled {
     // One line, whatever the parser said.
     let reason = reason.replace('\n', " ");
-    (outcome, None, None, (status, reason + "\n").into_response())
+    (outcome, (status, reason + "\n").into_response())
 }
 
 fn handle(state: &AdmissionState, body: Result<Bytes, BytesRejection>) -> Handled {
@@ -122,15 +159,14 @@ fn handle(state: &AdmissionState, body: Result<Bytes, BytesRejection>) -> Handle
         Ok(r) => r,
         Err(_) => return no_request(),
     };
-    let uid = Some(request.uid.clone());
-    let namespace = request.namespace.clone();
+    record(&request);
     let base = AdmissionResponse::from(&request);
     let pod = request.object.as_ref();
     // A panic in the mutation must not take the pod down with it.
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
         review_pod(state, &request, pod, base.clone())
     }));
-    finish(uid, namespace, base, result)
+    finish(base, result)
 }
 
 /// Requests whose object is not a Pod (or not a readable one).
@@ -152,8 +188,7 @@ fn handle_generic(body: &[u8]) -> Handled {
         Ok(r) => r,
         Err(_) => return no_request(),
     };
-    let uid = Some(request.uid.clone());
-    let namespace = request.namespace.clone();
+    record(&request);
     let base = AdmissionResponse::from(&request);
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
         if in_scope(&request) {
@@ -169,7 +204,7 @@ fn handle_generic(body: &[u8]) -> Handled {
             Ok((Outcome::Skipped, base.clone()))
         }
     }));
-    finish(uid, namespace, base, result)
+    finish(base, result)
 }
 
 fn check_types(types: &kube::core::TypeMeta) -> Result<(), String> {
@@ -192,12 +227,7 @@ fn no_request() -> Handled {
 
 type Reviewed = std::thread::Result<Result<(Outcome, AdmissionResponse), String>>;
 
-fn finish(
-    uid: Option<String>,
-    namespace: Option<String>,
-    base: AdmissionResponse,
-    result: Reviewed,
-) -> Handled {
+fn finish(base: AdmissionResponse, result: Reviewed) -> Handled {
     let (outcome, response) = match result {
         Ok(Ok(done)) => done,
         Ok(Err(message)) => (Outcome::Error, with_warnings(base, vec![message])),
@@ -210,14 +240,9 @@ fn finish(
         ),
     };
     if outcome == Outcome::Error {
-        tracing::error!(uid = uid.as_deref().unwrap_or(""), warnings = ?response.warnings, "admission failed; pod admitted unchanged");
+        tracing::error!(warnings = ?response.warnings, "admission failed; pod admitted unchanged");
     }
-    (
-        outcome,
-        uid,
-        namespace,
-        Json(WireReview::from(response)).into_response(),
-    )
+    (outcome, Json(WireReview::from(response)).into_response())
 }
 
 /// Whether a request is a Pod CREATE (the only thing the webhook mutates).
