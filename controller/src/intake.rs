@@ -4,29 +4,26 @@
 
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::Client as Sqs;
 use aws_sdk_sqs::types::Message;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use spotkube_shared::events::{self, ParseError, SpotEvent};
-use spotkube_shared::policy::Policy;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use crate::act::Actor;
 use crate::decide;
-use crate::nodes_index::NodesIndex;
+use crate::error::{KubeResultExt, Result};
 use crate::view;
 
-/// What the consumer needs.
+/// The consumer of one leadership term.
 #[derive(Clone)]
 pub struct Intake {
-    pub sqs: Sqs,
+    pub actor: Actor,
     pub queue_url: String,
     pub visibility_timeout: Duration,
-    pub nodes: NodesIndex,
-    pub actor: Actor,
-    pub defaults: Policy,
 }
 
 /// What happened to one message.
@@ -44,7 +41,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn deletes(&self) -> bool {
+    pub fn deletes(&self) -> bool {
         matches!(self, Outcome::Done | Outcome::NotOurs)
     }
 }
@@ -56,6 +53,8 @@ impl Intake {
         let mut backoff = Duration::from_secs(1);
         while !stop.is_cancelled() {
             let receive = self
+                .actor
+                .ctx
                 .sqs
                 .receive_message()
                 .queue_url(&self.queue_url)
@@ -89,23 +88,32 @@ impl Intake {
     async fn handle(&self, message: Message) {
         let received = Instant::now();
         let id = message.message_id.clone().unwrap_or_default();
-        let outcome = self
-            .process(message.body.as_deref().unwrap_or(""), received)
-            .await;
-        tracing::debug!(message = %id, ?outcome, "message handled");
-        if outcome.deletes()
-            && let Some(handle) = message.receipt_handle
-            && let Err(error) = self
-                .sqs
-                .delete_message()
-                .queue_url(&self.queue_url)
-                .receipt_handle(handle)
-                .send()
-                .await
-        {
-            // Redelivered later; acting again is harmless.
-            tracing::warn!(message = %id, error = %aws_sdk_sqs::error::DisplayErrorContext(&error), "deleting the message failed");
+        // One span per message: its id, the event's kind and id, and (per instance
+        // below) the instance and its node; every log line of the message carries them.
+        let span = tracing::info_span!("message", message_id = %id, kind = Empty, event = Empty);
+        async move {
+            let outcome = self
+                .process(message.body.as_deref().unwrap_or(""), received)
+                .await;
+            tracing::debug!(?outcome, "message handled");
+            if outcome.deletes()
+                && let Some(handle) = message.receipt_handle
+                && let Err(error) = self
+                    .actor
+                    .ctx
+                    .sqs
+                    .delete_message()
+                    .queue_url(&self.queue_url)
+                    .receipt_handle(handle)
+                    .send()
+                    .await
+            {
+                // Redelivered later; acting again is harmless.
+                tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&error), "deleting the message failed");
+            }
         }
+        .instrument(span)
+        .await
     }
 
     /// Parses and acts on one message body.
@@ -113,7 +121,7 @@ impl Intake {
         let event = match events::parse(body) {
             Ok(event) => event,
             Err(ParseError::Irrelevant { .. }) => {
-                self.actor.metrics.event("irrelevant");
+                self.actor.ctx.metrics.event("irrelevant");
                 return Outcome::NotOurs;
             }
             Err(error) => {
@@ -121,27 +129,37 @@ impl Intake {
                     ParseError::Unknown { .. } => "unknown",
                     _ => "unparseable",
                 };
-                self.actor.metrics.event(kind);
+                self.actor.ctx.metrics.event(kind);
                 tracing::warn!(%error, "message rejected; left for the dead-letter queue");
                 return Outcome::Rejected;
             }
         };
-        self.actor.metrics.event(event.kind().as_str());
+        self.actor.ctx.metrics.event(event.kind().as_str());
+        let span = tracing::Span::current();
+        span.record("kind", event.kind().as_str());
+        span.record("event", event.envelope.id.as_str());
         let mut outcome = Outcome::NotOurs;
         for instance in event.instance_ids() {
-            let Some(node) = self.nodes.node_for(instance) else {
-                tracing::debug!(instance, kind = %event.kind(), "instance is not a node of this cluster");
+            let Some(node) = self.actor.ctx.nodes.node_for(instance) else {
+                tracing::debug!(instance, "instance is not a node of this cluster");
                 continue;
             };
-            tracing::info!(instance, node, kind = %event.kind(), event = %event.envelope.id, "event received");
-            match self.act_on(&event, &node, received).await {
+            let span = tracing::info_span!("instance", instance, node);
+            span.in_scope(|| tracing::info!("event received"));
+            match self
+                .act_on(&event, &node, received)
+                .instrument(span.clone())
+                .await
+            {
                 Ok(()) => {
                     if outcome != Outcome::Failed {
                         outcome = Outcome::Done;
                     }
                 }
                 Err(error) => {
-                    tracing::warn!(node, %error, "acting on the event failed; it will be redelivered");
+                    span.in_scope(|| {
+                        tracing::warn!(%error, "acting on the event failed; it will be redelivered")
+                    });
                     outcome = Outcome::Failed;
                 }
             }
@@ -149,20 +167,20 @@ impl Intake {
         outcome
     }
 
-    async fn act_on(
-        &self,
-        event: &SpotEvent,
-        node_name: &str,
-        received: Instant,
-    ) -> anyhow::Result<()> {
-        let nodes: Api<Node> = Api::all(self.actor.client.clone());
-        let Some(node) = nodes.get_opt(node_name).await? else {
+    async fn act_on(&self, event: &SpotEvent, node_name: &str, received: Instant) -> Result<()> {
+        let ctx = &self.actor.ctx;
+        let nodes: Api<Node> = Api::all(ctx.client.clone());
+        let Some(node) = nodes
+            .get_opt(node_name)
+            .await
+            .kube("get", format_args!("node/{node_name}"))?
+        else {
             return Ok(()); // gone meanwhile: nothing left to protect
         };
         let node_view = view::node_view(&node);
-        let pods = view::pods_on(&self.actor.client, node_name, &self.defaults).await?;
+        let pods = view::pods_on(&ctx.client, node_name, &ctx.defaults).await?;
         let actions = decide::decide(event, &node_view, &pods, Timestamp::now());
-        tracing::debug!(node = node_name, ?actions, "decided");
+        tracing::debug!(?actions, "decided");
         self.actor.execute(node_name, actions, received).await?;
         Ok(())
     }

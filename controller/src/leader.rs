@@ -6,7 +6,10 @@ use std::future::Future;
 use kube::Client;
 use kube_lease_manager::{LeaseManagerBuilder, LeaseParams};
 use spotkube_shared::admin::Gate;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
 
 pub struct LeaderConfig {
     pub namespace: String,
@@ -17,19 +20,23 @@ pub struct LeaderConfig {
     pub grace_secs: u64,
 }
 
+/// The work of one term, and the token that ends it.
+type Running = (CancellationToken, JoinHandle<Result<()>>);
+
 /// Runs `work` (with a token cancelled on losing leadership) only while leader, until
 /// `shutdown` resolves; then stops the work and releases the lease so a standby
-/// takes over at once.
+/// takes over at once. Work that fails while leading ends this too, with its error:
+/// the process exits and is restarted rather than hold the Lease doing nothing.
 pub async fn run_while_leader<W, F>(
     client: Client,
     config: LeaderConfig,
     leading: Gate,
     work: W,
     shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()>
+) -> Result<()>
 where
     W: Fn(CancellationToken) -> F,
-    F: Future<Output = ()> + Send + 'static,
+    F: Future<Output = Result<()>> + Send + 'static,
 {
     let manager = LeaseManagerBuilder::new(client, &config.lease_name)
         .with_namespace(&config.namespace)
@@ -39,16 +46,28 @@ where
             config.grace_secs,
         ))
         .build()
-        .await?;
+        .await
+        .map_err(|e| Error::Leadership(e.to_string()))?;
     let (mut is_leader, lease_task) = manager.watch().await;
-    let mut running: Option<(CancellationToken, tokio::task::JoinHandle<()>)> = None;
+    let mut running: Option<Running> = None;
+    let mut failure = None;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
+            ended = finished(&mut running) => {
+                failure = Some(match ended {
+                    Ok(Err(error)) => error,
+                    Ok(Ok(())) => Error::TaskEnded("the leader's work".into()),
+                    Err(error) => Error::TaskEnded(format!("the leader's work (panicked: {error})")),
+                });
+                running = None;
+                leading.close();
+                break;
+            }
             changed = is_leader.changed() => {
                 if changed.is_err() {
-                    anyhow::bail!("lease manager stopped");
+                    return Err(Error::Leadership("lease manager stopped".into()));
                 }
                 let leader = *is_leader.borrow_and_update();
                 match (leader, running.is_some()) {
@@ -56,6 +75,7 @@ where
                         tracing::info!(identity = %config.identity, "became leader");
                         leading.open();
                         let token = CancellationToken::new();
+                        // Supervised: awaited below when leadership or the process ends.
                         running = Some((token.clone(), tokio::spawn(work(token))));
                     }
                     (false, true) => {
@@ -87,5 +107,18 @@ where
         Ok(Err(error)) => tracing::warn!(%error, "lease manager failed"),
         Err(error) => tracing::warn!(%error, "lease task panicked"),
     }
-    Ok(())
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// Resolves when the running work ends on its own; pending while there is none.
+async fn finished(
+    running: &mut Option<Running>,
+) -> std::result::Result<Result<()>, tokio::task::JoinError> {
+    match running {
+        Some((_, task)) => task.await,
+        None => std::future::pending().await,
+    }
 }

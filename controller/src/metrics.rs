@@ -2,6 +2,7 @@
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -11,8 +12,10 @@ type Labels = Vec<(&'static str, String)>;
 pub struct Metrics {
     /// Messages received, by event kind (`unparseable`, `unknown`, `irrelevant` too).
     pub events: Family<Labels, Counter>,
-    /// Actions carried out, by action and outcome.
+    /// Actions carried out, by action, outcome and error category.
     pub actions: Family<Labels, Counter>,
+    /// Tasks of the current leadership term running now, by task.
+    pub leader_tasks: Family<Labels, Gauge>,
     /// Seconds from message receipt to the Node's taint.
     pub receipt_to_taint: Histogram,
     /// Seconds from message receipt to a surged workload's replacement Ready.
@@ -24,6 +27,7 @@ impl Metrics {
         let metrics = Metrics {
             events: Family::default(),
             actions: Family::default(),
+            leader_tasks: Family::default(),
             receipt_to_taint: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
             receipt_to_replacement_ready: Histogram::new(exponential_buckets(0.5, 2.0, 12)),
         };
@@ -35,8 +39,13 @@ impl Metrics {
         );
         registry.register(
             "actions",
-            "Actions carried out, by action and outcome",
+            "Actions carried out, by action, outcome and error category (none when ok)",
             metrics.actions.clone(),
+        );
+        registry.register(
+            "leader_tasks",
+            "Tasks of the current leadership term running now, by task",
+            metrics.leader_tasks.clone(),
         );
         registry.register(
             "receipt_to_taint_seconds",
@@ -57,12 +66,29 @@ impl Metrics {
             .inc();
     }
 
-    pub fn action(&self, action: &str, outcome: &str) {
+    /// Counts an action's outcome; `error` is an [`crate::Error::category`] or `none`.
+    pub fn action(&self, action: &str, outcome: &str, error: &str) {
         self.actions
             .get_or_create(&vec![
                 ("action", action.to_string()),
                 ("outcome", outcome.to_string()),
+                ("error", error.to_string()),
             ])
             .inc();
+    }
+
+    /// Counts an action by its result.
+    pub fn action_result<T>(&self, action: &str, result: &crate::Result<T>) {
+        match result {
+            Ok(_) => self.action(action, "ok", "none"),
+            Err(error) => self.action(action, "error", error.category()),
+        }
+    }
+
+    /// The gauge of running leader tasks named `task`.
+    pub fn leader_task(&self, task: &str) -> Gauge {
+        self.leader_tasks
+            .get_or_create(&vec![("task", task.to_string())])
+            .clone()
     }
 }

@@ -1,15 +1,15 @@
-//! EC2 instance id → Node name, fed by a watch on Nodes and keyed on `spec.providerID`.
+//! EC2 instance id → Node name, fed by a watch on Nodes (through the shared
+//! [`spotkube_shared::watch`] driver) and keyed on `spec.providerID`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
-use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher::{self, Event};
+use kube::runtime::watcher;
 use kube::{Api, Client};
 use spotkube_shared::admin::Gate;
 use spotkube_shared::node::ProviderId;
+use spotkube_shared::watch::{self, WatchIndex};
 
 /// The index, shared by the watcher task and the intake.
 #[derive(Clone, Default)]
@@ -24,8 +24,13 @@ struct Index {
     by_node: HashMap<String, String>,
     /// Nodes carrying spotkube's interruption notice (for the drain reconcile).
     marked: std::collections::BTreeSet<String>,
-    /// The Nodes of a relist in progress (swapped in at `InitDone`).
-    relist: Option<Vec<Node>>,
+}
+
+/// What the index keeps of one Node.
+pub struct NodeEntry {
+    name: String,
+    instance: Option<String>,
+    marked: bool,
 }
 
 fn is_marked(node: &Node) -> bool {
@@ -50,16 +55,15 @@ impl Index {
         }
     }
 
-    fn apply_node(&mut self, node: &Node) {
-        let name = node.metadata.name.clone().unwrap_or_default();
-        match instance_of(node) {
-            Some((instance, name)) => self.insert(instance, name),
-            None => self.remove_node(&name),
+    fn apply_entry(&mut self, entry: NodeEntry) {
+        match entry.instance {
+            Some(instance) => self.insert(instance, entry.name.clone()),
+            None => self.remove_node(&entry.name),
         }
-        if is_marked(node) {
-            self.marked.insert(name);
+        if entry.marked {
+            self.marked.insert(entry.name);
         } else {
-            self.marked.remove(&name);
+            self.marked.remove(&entry.name);
         }
     }
 
@@ -91,56 +95,59 @@ impl NodesIndex {
             .len()
     }
 
-    /// Applies one watcher event.
-    pub fn apply(&self, event: Event<Node>) {
-        let mut index = self.inner.write().expect("nodes index lock");
-        match event {
-            Event::Apply(node) => index.apply_node(&node),
-            Event::Delete(node) => {
-                index.remove_node(node.metadata.name.as_deref().unwrap_or_default())
-            }
-            Event::Init => index.relist = Some(Vec::new()),
-            Event::InitApply(node) => {
-                if let Some(pending) = index.relist.as_mut() {
-                    pending.push(node);
-                }
-            }
-            Event::InitDone => {
-                let nodes = index.relist.take().unwrap_or_default();
-                index.by_instance.clear();
-                index.by_node.clear();
-                index.marked.clear();
-                for node in &nodes {
-                    index.apply_node(node);
-                }
-            }
-        }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
-    /// Watches Nodes until the stream ends; opens `synced` after the first full list.
+    /// Watches Nodes forever; opens `synced` after the first full list.
     pub async fn run(self, client: Client, synced: Gate) {
         let nodes: Api<Node> = Api::all(client);
-        let mut stream = watcher(nodes).boxed();
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(event) => {
-                    let done = matches!(event, Event::InitDone);
-                    self.apply(event);
-                    if done {
-                        synced.open();
-                        tracing::debug!(nodes = self.len(), "nodes index synced");
-                    }
-                }
-                Err(error) => tracing::warn!(%error, "node watch error (retrying)"),
-            }
-        }
+        watch::watch(
+            nodes,
+            watcher::Config::default(),
+            &self,
+            &synced,
+            "nodes index",
+        )
+        .await;
     }
 }
 
-fn watcher(
-    nodes: Api<Node>,
-) -> impl futures::Stream<Item = Result<Event<Node>, watcher::Error>> + Send {
-    watcher::watcher(nodes, watcher::Config::default()).default_backoff()
+impl WatchIndex<Node> for NodesIndex {
+    type Entry = NodeEntry;
+
+    fn entry(&self, node: &Node) -> Option<NodeEntry> {
+        Some(NodeEntry {
+            name: node.metadata.name.clone()?,
+            instance: instance_of(node).map(|(instance, _)| instance),
+            marked: is_marked(node),
+        })
+    }
+
+    fn reset(&self, entries: Vec<NodeEntry>) {
+        let mut fresh = Index::default();
+        for entry in entries {
+            fresh.apply_entry(entry);
+        }
+        *self.inner.write().expect("nodes index lock") = fresh;
+    }
+
+    fn apply(&self, node: &Node) {
+        if let Some(entry) = self.entry(node) {
+            self.inner
+                .write()
+                .expect("nodes index lock")
+                .apply_entry(entry);
+        }
+    }
+
+    fn delete(&self, node: &Node) {
+        let name = node.metadata.name.as_deref().unwrap_or_default();
+        self.inner
+            .write()
+            .expect("nodes index lock")
+            .remove_node(name);
+    }
 }
 
 #[cfg(test)]
@@ -148,6 +155,15 @@ mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::NodeSpec;
     use kube::api::ObjectMeta;
+    use kube::runtime::watcher::Event;
+    use spotkube_shared::admin::Readiness;
+
+    /// Feeds watch events through the shared driver, as the Node watch does.
+    fn feed(index: &NodesIndex, events: impl IntoIterator<Item = Event<Node>>) {
+        let gate = Readiness::default().gate("nodes index");
+        let events = futures::stream::iter(events.into_iter().map(Ok));
+        futures::executor::block_on(watch::drive(events, index, &gate, "nodes index"));
+    }
 
     fn node(name: &str, provider_id: Option<&str>) -> Node {
         Node {
@@ -166,21 +182,26 @@ mod tests {
     #[test]
     fn maps_instances_to_nodes_and_forgets_deleted_and_changed_ones() {
         let index = NodesIndex::default();
-        index.apply(Event::Apply(node(
-            "a",
-            Some("aws:///us-east-1a/i-0a1b2c3d4e5f60718"),
-        )));
-        index.apply(Event::Apply(node("kind", Some("kind://docker/x"))));
-        index.apply(Event::Apply(node("b", None)));
+        feed(
+            &index,
+            [
+                Event::Apply(node("a", Some("aws:///us-east-1a/i-0a1b2c3d4e5f60718"))),
+                Event::Apply(node("kind", Some("kind://docker/x"))),
+                Event::Apply(node("b", None)),
+            ],
+        );
         assert_eq!(index.node_for("i-0a1b2c3d4e5f60718").as_deref(), Some("a"));
         assert_eq!(index.len(), 1);
-        index.apply(Event::Apply(node(
-            "a",
-            Some("aws:///us-east-1a/i-0000000000000000a"),
-        )));
+        feed(
+            &index,
+            [Event::Apply(node(
+                "a",
+                Some("aws:///us-east-1a/i-0000000000000000a"),
+            ))],
+        );
         assert_eq!(index.node_for("i-0a1b2c3d4e5f60718"), None);
         assert_eq!(index.node_for("i-0000000000000000a").as_deref(), Some("a"));
-        index.apply(Event::Delete(node("a", None)));
+        feed(&index, [Event::Delete(node("a", None))]);
         assert_eq!(index.len(), 0);
     }
 
@@ -195,21 +216,32 @@ mod tests {
             )]
             .into(),
         );
-        index.apply(Event::Apply(marked));
+        feed(&index, [Event::Apply(marked)]);
         assert_eq!(index.marked(), vec!["a".to_string()]);
-        index.apply(Event::Apply(node("a", Some("aws:///z/i-11111111"))));
+        feed(
+            &index,
+            [Event::Apply(node("a", Some("aws:///z/i-11111111")))],
+        );
         assert!(index.marked().is_empty());
     }
 
     #[test]
     fn a_relist_replaces_everything() {
         let index = NodesIndex::default();
-        index.apply(Event::Apply(node("gone", Some("aws:///z/i-11111111"))));
-        index.apply(Event::Init);
-        index.apply(Event::InitApply(node("new", Some("aws:///z/i-22222222"))));
+        feed(
+            &index,
+            [Event::Apply(node("gone", Some("aws:///z/i-11111111")))],
+        );
+        let relist = || {
+            [
+                Event::Init,
+                Event::InitApply(node("new", Some("aws:///z/i-22222222"))),
+            ]
+        };
+        feed(&index, relist());
         // Until the relist is done, the old view answers.
         assert_eq!(index.node_for("i-11111111").as_deref(), Some("gone"));
-        index.apply(Event::InitDone);
+        feed(&index, relist().into_iter().chain([Event::InitDone]));
         assert_eq!(index.node_for("i-11111111"), None);
         assert_eq!(index.node_for("i-22222222").as_deref(), Some("new"));
     }

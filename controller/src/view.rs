@@ -13,6 +13,7 @@ use spotkube_shared::annotations::{self, InterruptionNotice};
 use spotkube_shared::policy::{self, Layers, Policy};
 
 use crate::decide::{DeploymentView, NodeView, Owner, PodView, RolloutStrategy, TaintEffect};
+use crate::error::{KubeResultExt, Result};
 
 /// Static pods' mirrors carry this annotation.
 const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
@@ -67,15 +68,12 @@ pub fn deployment_view(d: &Deployment, hpa_managed: bool) -> DeploymentView {
 
 /// Reads the pods on `node_name` with their owners and policies. Lookups are cached
 /// for the duration of one call (several pods often share a namespace or owner).
-pub async fn pods_on(
-    client: &Client,
-    node_name: &str,
-    defaults: &Policy,
-) -> kube::Result<Vec<PodView>> {
+pub async fn pods_on(client: &Client, node_name: &str, defaults: &Policy) -> Result<Vec<PodView>> {
     let pods: Api<Pod> = Api::all(client.clone());
     let list = pods
         .list(&ListParams::default().fields(&format!("spec.nodeName={node_name}")))
-        .await?;
+        .await
+        .kube("list", format_args!("pods on node/{node_name}"))?;
     let mut namespaces: HashMap<String, BTreeMap<String, String>> = HashMap::new();
     let mut hpa_targets: HashMap<String, Vec<String>> = HashMap::new();
     let mut views = Vec::new();
@@ -84,7 +82,8 @@ pub async fn pods_on(
         if !namespaces.contains_key(&ns) {
             let annotations = Api::<Namespace>::all(client.clone())
                 .get_opt(&ns)
-                .await?
+                .await
+                .kube("get", format_args!("namespace/{ns}"))?
                 .map(|n| n.annotations().clone())
                 .unwrap_or_default();
             namespaces.insert(ns.clone(), annotations);
@@ -118,7 +117,7 @@ async fn owner_of(
     client: &Client,
     pod: &Pod,
     hpa_targets: &mut HashMap<String, Vec<String>>,
-) -> kube::Result<(Owner, Option<BTreeMap<String, String>>)> {
+) -> Result<(Owner, Option<BTreeMap<String, String>>)> {
     if pod.annotations().contains_key(MIRROR_ANNOTATION) {
         return Ok((Owner::Mirror, None));
     }
@@ -135,7 +134,8 @@ async fn owner_of(
         "StatefulSet" => {
             let sts = Api::<StatefulSet>::namespaced(client.clone(), &ns)
                 .get_opt(&controller.name)
-                .await?;
+                .await
+                .kube("get", format_args!("statefulset/{ns}/{}", controller.name))?;
             Ok(match sts {
                 Some(sts) => (
                     Owner::StatefulSet {
@@ -150,7 +150,8 @@ async fn owner_of(
         "ReplicaSet" => {
             let rs = Api::<ReplicaSet>::namespaced(client.clone(), &ns)
                 .get_opt(&controller.name)
-                .await?;
+                .await
+                .kube("get", format_args!("replicaset/{ns}/{}", controller.name))?;
             let deployment_name = rs.as_ref().and_then(|rs| {
                 rs.owner_references()
                     .iter()
@@ -162,14 +163,16 @@ async fn owner_of(
             };
             let Some(deployment) = Api::<Deployment>::namespaced(client.clone(), &ns)
                 .get_opt(&deployment_name)
-                .await?
+                .await
+                .kube("get", format_args!("deployment/{ns}/{deployment_name}"))?
             else {
                 return Ok((other(controller), None));
             };
             if !hpa_targets.contains_key(&ns) {
                 let hpas = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &ns)
                     .list(&ListParams::default())
-                    .await?;
+                    .await
+                    .kube("list", format_args!("horizontalpodautoscalers in {ns}"))?;
                 let targets = hpas
                     .items
                     .iter()

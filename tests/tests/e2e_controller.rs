@@ -576,6 +576,100 @@ async fn the_standby_takes_over_when_the_leader_dies() -> anyhow::Result<()> {
     s.test.report(result)
 }
 
+/// Losing the Lease ends the term: an eviction loop held back by a PDB and a rollout
+/// follow whose replacement cannot schedule both stop at once, while the process lives
+/// on as a standby.
+#[tokio::test]
+async fn losing_the_lease_stops_in_flight_evictions_and_rollout_follows() -> anyhow::Result<()> {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let s = Scenario::start("ctl-lease", 1, &[], false).await?;
+    let result = async {
+        // No room anywhere: web's restarted replacement stays Pending, so its follow runs on.
+        let nodes: Api<Node> = Api::all(s.test.client.clone());
+        let cordon = serde_json::json!({ "spec": { "unschedulable": true } });
+        nodes
+            .patch(
+                &s.spare.name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&cordon),
+            )
+            .await?;
+        // api's two pods on the doomed node, a PDB that refuses every eviction.
+        let (api, _) = workload(&s.test, "api", 2, &[]);
+        Api::<Deployment>::namespaced(s.test.client.clone(), &s.test.name)
+            .create(&PostParams::default(), &api)
+            .await?;
+        let pdb = PodDisruptionBudget {
+            metadata: ObjectMeta {
+                name: Some("api".into()),
+                ..Default::default()
+            },
+            spec: Some(PodDisruptionBudgetSpec {
+                min_available: Some(IntOrString::Int(2)),
+                selector: Some(LabelSelector {
+                    match_labels: Some(BTreeMap::from([("app".into(), "api".into())])),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        Api::<PodDisruptionBudget>::namespaced(s.test.client.clone(), &s.test.name)
+            .create(&PostParams::default(), &pdb)
+            .await?;
+        wait_for_rollout(&s.test.client, &s.test.name, "api", Duration::from_secs(60)).await?;
+
+        let controller = s.controller_named(Some("ctl-lease")).await?;
+        assert_eq!(lease_holder(&s).await?, "ctl-lease");
+        s.interrupt().await?;
+        s.wait_tainted().await?;
+        let running = |task: &str| format!("spotkube_controller_leader_tasks{{task=\"{task}\"}}");
+        controller
+            .wait_for_metric(&format!("{} 2", running("evict")), Duration::from_secs(30))
+            .await?;
+        controller
+            .wait_for_metric(&format!("{} 1", running("follow")), Duration::from_secs(30))
+            .await?;
+
+        // Another holder takes the Lease (as a partition healing on the other side would).
+        // A MicroTime: exactly six fractional digits.
+        let now = jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+            .to_string();
+        let steal = serde_json::json!({ "spec": {
+            "holderIdentity": "someone-else", "acquireTime": now, "renewTime": now,
+            "leaseDurationSeconds": 600,
+        }});
+        Api::<Lease>::namespaced(s.test.client.clone(), &s.test.name)
+            .patch(
+                "spotkube-controller",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&steal),
+            )
+            .await?;
+        // Within the lease duration (3 s) and a renew: every task of the term is gone.
+        for task in ["evict", "follow", "intake", "drain", "scale-back"] {
+            controller
+                .wait_for_metric(&format!("{} 0", running(task)), Duration::from_secs(10))
+                .await?;
+        }
+        assert_eq!(lease_holder(&s).await?, "someone-else");
+        let metrics = controller.metrics().await?;
+        assert!(
+            !metrics.contains("outcome=\"evicted\""),
+            "the PDB refused every eviction: {metrics}"
+        );
+        assert!(
+            controller.process.log_tail(200).contains("lost leadership"),
+            "{}",
+            controller.process.log_tail(50)
+        );
+        Ok(())
+    }
+    .await;
+    s.test.report(result)
+}
+
 /// Rebalance recommendation: PreferNoSchedule (no cordon) and a single-replica
 /// StatefulSet moved at once; then the instance shuts down and spotkube's marks go
 /// while the Node stays (deleting Nodes is not spotkube's job).

@@ -18,7 +18,7 @@ const RETRY_EVERY: Duration = Duration::from_secs(2);
 /// Evicts until done or the deadline passes; records the outcome.
 pub async fn evict_until(actor: &Actor, namespace: &str, name: &str, deadline: Option<Timestamp>) {
     let outcome = try_evict(actor, namespace, name, deadline).await;
-    actor.metrics.action("evict-done", outcome);
+    actor.ctx.metrics.action("evict-done", outcome, "none");
 }
 
 async fn try_evict(
@@ -27,7 +27,7 @@ async fn try_evict(
     name: &str,
     deadline: Option<Timestamp>,
 ) -> &'static str {
-    let pods: Api<Pod> = Api::namespaced(actor.client.clone(), namespace);
+    let pods: Api<Pod> = Api::namespaced(actor.ctx.client.clone(), namespace);
     let give_up = deadline.unwrap_or_else(|| {
         Timestamp::now()
             .checked_add(DEFAULT_PATIENCE)
@@ -36,9 +36,10 @@ async fn try_evict(
     loop {
         match pods.evict(name, &EvictParams::default()).await {
             Ok(_) => {
-                tracing::info!(namespace, pod = name, "pod evicted");
+                tracing::info!("pod evicted");
                 if let Ok(Some(pod)) = pods.get_opt(name).await {
                     actor
+                        .ctx
                         .event(
                             &pod.object_ref(&()),
                             EventType::Normal,
@@ -51,18 +52,14 @@ async fn try_evict(
             }
             Err(kube::Error::Api(s)) if s.code == 404 => return "gone",
             Err(kube::Error::Api(s)) if s.code == 429 => {
-                tracing::debug!(
-                    namespace,
-                    pod = name,
-                    "eviction blocked by a PodDisruptionBudget; retrying"
-                );
+                tracing::debug!("eviction blocked by a PodDisruptionBudget; retrying");
             }
             Err(error) => {
-                tracing::warn!(namespace, pod = name, %error, "eviction failed; retrying")
+                tracing::warn!(%error, "eviction failed; retrying")
             }
         }
         if Timestamp::now() >= give_up {
-            tracing::warn!(namespace, pod = name, "eviction deadline passed");
+            tracing::warn!("eviction deadline passed");
             return "deadline";
         }
         tokio::time::sleep(RETRY_EVERY).await;

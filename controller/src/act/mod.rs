@@ -5,68 +5,36 @@ mod evict;
 mod surge;
 mod taint;
 
-pub use surge::run_scale_back;
+pub use surge::end_surge;
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use k8s_openapi::api::core::v1::ObjectReference;
-use kube::Client;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use tracing::Instrument;
 
+use crate::context::Context;
 use crate::decide::Action;
-use crate::metrics::Metrics;
+use crate::error::Result;
+use crate::supervisor::Tasks;
 
-/// What the actions need: a client, an Event recorder and the metrics.
+/// What actions need: the process's [`Context`] and the current leadership term's
+/// [`Tasks`], which own the work an action leaves running (evictions, rollout
+/// follows) so it ends with the term.
 #[derive(Clone)]
 pub struct Actor {
-    pub client: Client,
-    recorder: Arc<Recorder>,
-    pub metrics: Metrics,
+    pub ctx: Context,
+    pub tasks: Tasks,
     /// Evictions in progress (namespace, pod): the drain reconcile asks again.
-    evicting: Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>,
-}
-
-/// A failed action (the message stays on the queue and is redelivered).
-#[derive(Debug, thiserror::Error)]
-pub enum ActError {
-    #[error("kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("{0}")]
-    Conflict(String),
+    evicting: Arc<Mutex<HashSet<(String, String)>>>,
 }
 
 impl Actor {
-    pub fn new(client: Client, instance: Option<String>, metrics: Metrics) -> Actor {
-        let reporter = Reporter {
-            controller: "spotkube-controller".into(),
-            instance,
-        };
+    pub fn new(ctx: Context, tasks: Tasks) -> Actor {
         Actor {
-            recorder: Arc::new(Recorder::new(client.clone(), reporter)),
-            client,
-            metrics,
+            ctx,
+            tasks,
             evicting: Arc::default(),
-        }
-    }
-
-    /// Emits an Event; failure to record one never fails the action.
-    pub async fn event(
-        &self,
-        object: &ObjectReference,
-        type_: EventType,
-        reason: &str,
-        note: String,
-    ) {
-        let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: reason.into(),
-            secondary: None,
-        };
-        if let Err(error) = self.recorder.publish(&event, object).await {
-            tracing::warn!(%error, reason, "could not record a Kubernetes Event");
         }
     }
 
@@ -77,65 +45,98 @@ impl Actor {
         node_name: &str,
         actions: Vec<Action>,
         received: Instant,
-    ) -> Result<(), ActError> {
+    ) -> Result<()> {
         for action in actions {
             let label = action_label(&action);
-            let result = match action {
-                Action::MarkNode {
-                    effect,
-                    cordon,
-                    notice,
-                } => {
-                    let r = taint::mark(self, node_name, effect, cordon, &notice).await;
-                    if r.is_ok() {
-                        self.metrics
-                            .receipt_to_taint
-                            .observe(received.elapsed().as_secs_f64());
-                    }
-                    r
-                }
-                Action::CleanNode => taint::clean(self, node_name).await,
-                Action::RestartDeployment {
-                    namespace,
-                    name,
-                    reason,
-                } => surge::restart(self, &namespace, &name, &reason, received).await,
-                Action::ScaleDeployment {
-                    namespace,
-                    name,
-                    from,
-                    to,
-                    until,
-                    reason,
-                } => {
-                    surge::scale(self, &namespace, &name, from, to, until, &reason, received).await
-                }
-                Action::Evict {
-                    namespace,
-                    name,
-                    deadline,
-                } => {
-                    let key = (namespace.clone(), name.clone());
-                    if self
-                        .evicting
-                        .lock()
-                        .expect("evicting lock")
-                        .insert(key.clone())
-                    {
-                        let actor = self.clone();
-                        tokio::spawn(async move {
-                            evict::evict_until(&actor, &namespace, &name, deadline).await;
-                            actor.evicting.lock().expect("evicting lock").remove(&key);
-                        });
-                    }
-                    Ok(())
-                }
-            };
-            self.metrics
-                .action(label, if result.is_ok() { "ok" } else { "error" });
+            let span = tracing::info_span!(
+                "action",
+                action = label,
+                object = %object_of(&action, node_name)
+            );
+            let result = self.act(node_name, action, received).instrument(span).await;
+            self.ctx.metrics.action_result(label, &result);
             result?;
         }
         Ok(())
+    }
+
+    async fn act(&self, node_name: &str, action: Action, received: Instant) -> Result<()> {
+        match action {
+            Action::MarkNode {
+                effect,
+                cordon,
+                notice,
+            } => {
+                let r = taint::mark(self, node_name, effect, cordon, &notice).await;
+                if r.is_ok() {
+                    self.ctx
+                        .metrics
+                        .receipt_to_taint
+                        .observe(received.elapsed().as_secs_f64());
+                }
+                r
+            }
+            Action::CleanNode => taint::clean(self, node_name).await,
+            Action::RestartDeployment {
+                namespace,
+                name,
+                reason,
+            } => surge::restart(self, &namespace, &name, &reason, received).await,
+            Action::ScaleDeployment {
+                namespace,
+                name,
+                from,
+                to,
+                until,
+                reason,
+            } => surge::scale(self, &namespace, &name, from, to, until, &reason, received).await,
+            Action::Evict {
+                namespace,
+                name,
+                deadline,
+            } => {
+                let key = (namespace.clone(), name.clone());
+                if self
+                    .evicting
+                    .lock()
+                    .expect("evicting lock")
+                    .insert(key.clone())
+                {
+                    let actor = self.clone();
+                    self.tasks.spawn("evict", async move {
+                        // Forgotten however the task ends, so the next term asks again.
+                        let _forget = Forget(actor.evicting.clone(), key);
+                        evict::evict_until(&actor, &namespace, &name, deadline).await;
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Removes an eviction from the in-progress set when dropped.
+struct Forget(Arc<Mutex<HashSet<(String, String)>>>, (String, String));
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        self.0.lock().expect("evicting lock").remove(&self.1);
+    }
+}
+
+/// The object an action touches, for its span: `node/N`, `deployment/NS/N`, `pod/NS/N`.
+fn object_of(action: &Action, node_name: &str) -> String {
+    match action {
+        Action::MarkNode { .. } | Action::CleanNode => format!("node/{node_name}"),
+        Action::RestartDeployment {
+            namespace, name, ..
+        }
+        | Action::ScaleDeployment {
+            namespace, name, ..
+        } => format!("deployment/{namespace}/{name}"),
+        Action::Evict {
+            namespace, name, ..
+        } => format!("pod/{namespace}/{name}"),
     }
 }
 

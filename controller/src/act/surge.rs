@@ -3,23 +3,24 @@
 //! All state lives in the Deployment's annotations: `spotkube.io/reason` (the event
 //! the surge was for: a redelivery surges nothing twice), `surge-from` /
 //! `surge-until` (a scaled surge and when it ends). The scale-back is a periodic
-//! reconcile over Deployments, so a restarted controller picks up where it left off.
+//! reconcile over Deployments ([`crate::reconcile::scale_back`]), so a restarted
+//! controller picks up where it left off; [`end_surge`] is its write.
 
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use spotkube_shared::annotations::{
     MIGRATED_AT, REASON, STATE, SURGE_FROM, SURGE_UNTIL, WorkloadState,
 };
-use tokio_util::sync::CancellationToken;
 
-use super::{ActError, Actor};
-use crate::decide::{self, ScaleBack};
+use super::Actor;
+use crate::decide::ScaleBack;
+use crate::error::{KubeResultExt, Result};
 
 /// The pod template annotation `kubectl rollout restart` sets.
 pub const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
@@ -34,8 +35,8 @@ pub async fn restart(
     name: &str,
     reason: &str,
     received: Instant,
-) -> Result<(), ActError> {
-    let api: Api<Deployment> = Api::namespaced(actor.client.clone(), namespace);
+) -> Result<()> {
+    let api: Api<Deployment> = Api::namespaced(actor.ctx.client.clone(), namespace);
     let now = Timestamp::now().to_string();
     let patch = json!({
         "metadata": { "annotations": { REASON: reason, MIGRATED_AT: now } },
@@ -43,13 +44,11 @@ pub async fn restart(
     });
     let deployment = api
         .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
-    tracing::info!(
-        namespace,
-        deployment = name,
-        "rollout restart to move off the interrupted node"
-    );
+        .await
+        .kube("patch", format_args!("deployment/{namespace}/{name}"))?;
+    tracing::info!("rollout restart to move off the interrupted node");
     actor
+        .ctx
         .event(
             &deployment.object_ref(&()),
             EventType::Normal,
@@ -73,17 +72,13 @@ pub async fn scale(
     until: Timestamp,
     reason: &str,
     received: Instant,
-) -> Result<(), ActError> {
-    let api: Api<Deployment> = Api::namespaced(actor.client.clone(), namespace);
-    let current = api.get(name).await?;
+) -> Result<()> {
+    let api: Api<Deployment> = Api::namespaced(actor.ctx.client.clone(), namespace);
+    let object = format!("deployment/{namespace}/{name}");
+    let current = api.get(name).await.kube("get", &object)?;
     let replicas = current.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     if replicas != from || current.annotations().contains_key(SURGE_FROM) {
-        tracing::info!(
-            namespace,
-            deployment = name,
-            replicas,
-            "replicas changed meanwhile; no scaled surge"
-        );
+        tracing::info!(replicas, "replicas changed meanwhile; no scaled surge");
         return Ok(());
     }
     let patch = json!({
@@ -98,20 +93,14 @@ pub async fn scale(
         },
         "spec": { "replicas": to },
     });
-    let deployment = match api
+    // A 409 (changed since the check) is a conflict: the message is redelivered.
+    let deployment = api
         .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
-    {
-        Ok(d) => d,
-        Err(kube::Error::Api(s)) if s.code == 409 => {
-            return Err(ActError::Conflict(format!(
-                "deployment {namespace}/{name} changed while surging"
-            )));
-        }
-        Err(e) => return Err(e.into()),
-    };
-    tracing::info!(namespace, deployment = name, from, to, %until, "scaled surge");
+        .kube("patch", &object)?;
+    tracing::info!(from, to, %until, "scaled surge");
     actor
+        .ctx
         .event(
             &deployment.object_ref(&()),
             EventType::Normal,
@@ -125,19 +114,23 @@ pub async fn scale(
     Ok(())
 }
 
-/// Follows a surged Deployment until its replacement is Ready: metric + Event.
+/// Follows a surged Deployment until its replacement is Ready: metric + Event. Runs
+/// in the term's tasks, so it stops when leadership ends.
 fn follow(actor: Actor, api: Api<Deployment>, name: String, received: Instant) {
-    tokio::spawn(async move {
+    let tasks = actor.tasks.clone();
+    tasks.spawn("follow", async move {
         while received.elapsed() < FOLLOW_FOR {
             if let Ok(d) = api.get(&name).await
                 && replacement_ready(&d)
             {
                 let elapsed = received.elapsed();
                 actor
+                    .ctx
                     .metrics
                     .receipt_to_replacement_ready
                     .observe(elapsed.as_secs_f64());
                 actor
+                    .ctx
                     .event(
                         &d.object_ref(&()),
                         EventType::Normal,
@@ -166,79 +159,59 @@ fn replacement_ready(d: &Deployment) -> bool {
         && status.available_replicas.unwrap_or(0) >= desired
 }
 
-/// One pass of the scale-back reconcile over every Deployment carrying `surge-from`.
-pub async fn scale_back_once(actor: &Actor) -> Result<(), ActError> {
-    let api: Api<Deployment> = Api::all(actor.client.clone());
-    let now = Timestamp::now();
-    for d in api.list(&ListParams::default()).await? {
-        let a = d.annotations();
-        let (Some(from), Some(until)) = (
-            a.get(SURGE_FROM).and_then(|v| v.parse::<i32>().ok()),
-            a.get(SURGE_UNTIL).and_then(|v| v.parse::<Timestamp>().ok()),
-        ) else {
-            continue;
-        };
-        let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-        let decision = decide::scale_back(from, until, replicas, now);
-        let mut patch = json!({
-            "metadata": {
-                "resourceVersion": d.metadata.resource_version,
-                "annotations": {
-                    SURGE_FROM: null,
-                    SURGE_UNTIL: null,
-                    STATE: WorkloadState::Spot.as_str(),
-                },
+/// Ends a surge whose hold is over, as `decision` says, under the resourceVersion it
+/// was decided on. `Ok(None)`: nothing to do, or the Deployment changed meanwhile
+/// (the next pass sees the new state).
+pub async fn end_surge(
+    actor: &Actor,
+    deployment: &Deployment,
+    decision: ScaleBack,
+) -> Result<Option<Deployment>> {
+    let mut patch = json!({
+        "metadata": {
+            "resourceVersion": deployment.metadata.resource_version,
+            "annotations": {
+                SURGE_FROM: null,
+                SURGE_UNTIL: null,
+                STATE: WorkloadState::Spot.as_str(),
             },
-        });
-        let note = match decision {
-            ScaleBack::Wait => continue,
-            ScaleBack::ScaleTo { replicas } => {
-                patch["spec"] = json!({ "replicas": replicas });
-                format!("surge hold over: scaled back to {replicas}")
-            }
-            ScaleBack::Forget => {
-                format!(
-                    "surge hold over: replicas changed to {replicas} meanwhile, left as they are"
-                )
-            }
-        };
-        let namespace = d.namespace().unwrap_or_default();
-        let api: Api<Deployment> = Api::namespaced(actor.client.clone(), &namespace);
-        match api
-            .patch(
-                &d.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-        {
-            Ok(d) => {
-                tracing::info!(namespace, deployment = %d.name_any(), "{note}");
-                actor.metrics.action("scale-back", "ok");
-                actor
-                    .event(&d.object_ref(&()), EventType::Normal, "SurgeEnded", note)
-                    .await;
-            }
-            // Changed since listed: the next pass sees the new state.
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => {
-                actor.metrics.action("scale-back", "error");
-                return Err(e.into());
-            }
+        },
+    });
+    let replicas = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(1);
+    let note = match decision {
+        ScaleBack::Wait => return Ok(None),
+        ScaleBack::ScaleTo { replicas } => {
+            patch["spec"] = json!({ "replicas": replicas });
+            format!("surge hold over: scaled back to {replicas}")
         }
-    }
-    Ok(())
-}
-
-/// The scale-back reconcile, every `every`, until cancelled.
-pub async fn run_scale_back(actor: Actor, every: Duration, stop: CancellationToken) {
-    loop {
-        if let Err(error) = scale_back_once(&actor).await {
-            tracing::warn!(%error, "scale-back pass failed");
+        ScaleBack::Forget => {
+            format!("surge hold over: replicas changed to {replicas} meanwhile, left as they are")
         }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
+    };
+    let namespace = deployment.namespace().unwrap_or_default();
+    let name = deployment.name_any();
+    let api: Api<Deployment> = Api::namespaced(actor.ctx.client.clone(), &namespace);
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(d) => {
+            tracing::info!("{note}");
+            actor
+                .ctx
+                .event(&d.object_ref(&()), EventType::Normal, "SurgeEnded", note)
+                .await;
+            Ok(Some(d))
         }
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
+        Err(e) => Err(crate::Error::kube(
+            "patch",
+            format_args!("deployment/{namespace}/{name}"),
+            e,
+        )),
     }
 }

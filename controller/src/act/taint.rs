@@ -8,8 +8,9 @@ use kube::{Api, Resource};
 use serde_json::json;
 use spotkube_shared::annotations::{INTERRUPTION, INTERRUPTION_TAINT, InterruptionNotice};
 
-use super::{ActError, Actor};
+use super::Actor;
 use crate::decide::TaintEffect;
+use crate::error::{Error, KubeResultExt, Result};
 
 const ATTEMPTS: usize = 5;
 
@@ -22,8 +23,8 @@ pub async fn mark(
     effect: TaintEffect,
     cordon: bool,
     notice: &InterruptionNotice,
-) -> Result<(), ActError> {
-    let nodes: Api<Node> = Api::all(actor.client.clone());
+) -> Result<()> {
+    let nodes: Api<Node> = Api::all(actor.ctx.client.clone());
     let node = patch_taints(
         &nodes,
         node_name,
@@ -49,6 +50,7 @@ pub async fn mark(
         .map(|d| format!(", deadline {d}"))
         .unwrap_or_default();
     actor
+        .ctx
         .event(
             &node.object_ref(&()),
             EventType::Warning,
@@ -61,14 +63,14 @@ pub async fn mark(
             ),
         )
         .await;
-    tracing::info!(node = node_name, kind = %notice.kind, effect = effect.as_str(), cordon, "node marked");
+    tracing::info!(kind = %notice.kind, effect = effect.as_str(), cordon, "node marked");
     Ok(())
 }
 
 /// Removes spotkube's taint and notice. The Node itself is never deleted: that is the
 /// cloud provider's and the node lifecycle controller's job.
-pub async fn clean(actor: &Actor, node_name: &str) -> Result<(), ActError> {
-    let nodes: Api<Node> = Api::all(actor.client.clone());
+pub async fn clean(actor: &Actor, node_name: &str) -> Result<()> {
+    let nodes: Api<Node> = Api::all(actor.ctx.client.clone());
     let node = patch_taints(
         &nodes,
         node_name,
@@ -78,6 +80,7 @@ pub async fn clean(actor: &Actor, node_name: &str) -> Result<(), ActError> {
     )
     .await?;
     actor
+        .ctx
         .event(
             &node.object_ref(&()),
             EventType::Normal,
@@ -94,10 +97,13 @@ async fn patch_taints(
     edit: impl Fn(&mut Vec<Taint>),
     spec_extra: impl Fn(&mut serde_json::Value),
     annotations: serde_json::Value,
-) -> Result<Node, ActError> {
+) -> Result<Node> {
     let mut last = None;
     for _ in 0..ATTEMPTS {
-        let node = nodes.get(name).await?;
+        let node = nodes
+            .get(name)
+            .await
+            .kube("get", format_args!("node/{name}"))?;
         let mut taints = node
             .spec
             .as_ref()
@@ -121,11 +127,14 @@ async fn patch_taints(
             Err(kube::Error::Api(status)) if status.code == 409 => {
                 last = Some(status.message.clone());
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(Error::kube("patch", format_args!("node/{name}"), e)),
         }
     }
-    Err(ActError::Conflict(format!(
-        "node {name}: still conflicting after {ATTEMPTS} attempts: {}",
-        last.unwrap_or_default()
-    )))
+    Err(Error::Conflict {
+        object: format!("node/{name}"),
+        message: format!(
+            "still conflicting after {ATTEMPTS} attempts: {}",
+            last.unwrap_or_default()
+        ),
+    })
 }

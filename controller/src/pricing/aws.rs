@@ -4,64 +4,14 @@
 //! by hand (so each page can be retried) and throttling is retried with backoff.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{InstanceType, InstanceTypeInfo as Ec2Type};
 use aws_sdk_pricing::types::{Filter as PricingFilter, FilterType};
-use backon::{ExponentialBuilder, Retryable};
 use spotkube_shared::ranking::{Criteria, InstanceTypeInfo, PriceBook, admits, vpc_cni_max_pods};
 
-use super::{PriceSource, PricingError};
-
-/// AWS error codes that mean "slow down", retried with backoff.
-const THROTTLING: &[&str] = &[
-    "Throttling",
-    "ThrottlingException",
-    "RequestLimitExceeded",
-    "TooManyRequestsException",
-    "RequestThrottled",
-    "RequestThrottledException",
-];
-
-fn backoff() -> ExponentialBuilder {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(10))
-        .with_max_times(6)
-        .with_jitter()
-}
-
-fn is_throttling<E: ProvideErrorMetadata>(e: &E) -> bool {
-    e.code().is_some_and(|c| THROTTLING.contains(&c))
-}
-
-/// Sends one AWS request (built afresh by `call` on every attempt), retrying it with
-/// backoff while AWS throttles, and names `operation` in the error otherwise.
-async fn send_retrying_throttling<T, E, F, Fut>(
-    operation: &'static str,
-    call: F,
-) -> Result<T, PricingError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-{
-    call.retry(backoff())
-        .when(is_throttling)
-        .await
-        .map_err(aws_error(operation))
-}
-
-fn aws_error<E>(operation: &'static str) -> impl Fn(E) -> PricingError
-where
-    E: std::error::Error + 'static,
-{
-    move |e| PricingError::Aws {
-        operation,
-        message: aws_smithy_types::error::display::DisplayErrorContext(&e).to_string(),
-    }
-}
+use super::PriceSource;
+use crate::aws::send_retrying_throttling;
+use crate::error::Error;
 
 pub struct AwsSource {
     ec2: aws_sdk_ec2::Client,
@@ -123,7 +73,7 @@ impl AwsSource {
         )
     }
 
-    async fn instance_types(&self) -> Result<BTreeMap<String, InstanceTypeInfo>, PricingError> {
+    async fn instance_types(&self) -> Result<BTreeMap<String, InstanceTypeInfo>, Error> {
         let mut types = BTreeMap::new();
         let mut token: Option<String> = None;
         loop {
@@ -155,7 +105,7 @@ impl AwsSource {
     async fn spot_prices(
         &self,
         names: &[String],
-    ) -> Result<BTreeMap<String, BTreeMap<String, f64>>, PricingError> {
+    ) -> Result<BTreeMap<String, BTreeMap<String, f64>>, Error> {
         let mut latest: BTreeMap<(String, String), (aws_smithy_types::DateTime, f64)> =
             BTreeMap::new();
         let now = aws_smithy_types::DateTime::from(std::time::SystemTime::now());
@@ -192,7 +142,7 @@ impl AwsSource {
                         continue;
                     };
                     let Ok(price) = price.parse::<f64>() else {
-                        return Err(PricingError::BadAnswer {
+                        return Err(Error::Aws {
                             operation: "DescribeSpotPriceHistory",
                             message: format!("spot price {price:?} is not a number"),
                         });
@@ -222,7 +172,7 @@ impl AwsSource {
     }
 
     /// On-demand Linux $/hour per type in the region.
-    async fn on_demand(&self) -> Result<BTreeMap<String, f64>, PricingError> {
+    async fn on_demand(&self) -> Result<BTreeMap<String, f64>, Error> {
         let filter = |field: &str, value: &str| {
             PricingFilter::builder()
                 .r#type(FilterType::TermMatch)
@@ -301,8 +251,8 @@ fn type_info(t: &Ec2Type) -> Option<(String, InstanceTypeInfo)> {
 
 /// One GetProducts price-list item (a JSON document as a string) → (type, $/hour).
 /// Items without an instance type or a positive USD price are skipped.
-pub fn parse_price_item(item: &str) -> Result<Option<(String, f64)>, PricingError> {
-    let bad = |message: String| PricingError::BadAnswer {
+pub fn parse_price_item(item: &str) -> Result<Option<(String, f64)>, Error> {
+    let bad = |message: String| Error::Aws {
         operation: "GetProducts",
         message,
     };
@@ -335,7 +285,7 @@ impl PriceSource for AwsSource {
         "aws"
     }
 
-    async fn price_book(&self, criteria: &Criteria) -> Result<PriceBook, PricingError> {
+    async fn price_book(&self, criteria: &Criteria) -> Result<PriceBook, Error> {
         let mut types = self.instance_types().await?;
         for (name, info) in types.iter_mut() {
             info.interruption_band = self.interruption_bands.get(name).copied();

@@ -1,41 +1,15 @@
 //! Price ranking in the controller: pricing sources gather a
 //! [`spotkube_shared::ranking::PriceBook`], the shared pure ranking ranks it, the
 //! [`refresher`] publishes it to ConfigMap `spotkube-system/spotkube-ranking`, and
-//! [`cli`] prints it for a person (`spotkube-controller rank`).
+//! [`crate::cli::rank`] prints it for a person (`spotkube-controller rank`).
 
 pub mod aws;
-pub mod cli;
 pub mod refresher;
 pub mod snapshot;
 
 use spotkube_shared::ranking::{Criteria, PriceBook};
 
-/// Why prices could not be gathered.
-#[derive(Debug, thiserror::Error)]
-pub enum PricingError {
-    #[error("reading price snapshot {path}: {source}")]
-    SnapshotIo {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("price snapshot {path} is not valid: {source}")]
-    SnapshotJson {
-        path: String,
-        source: serde_json::Error,
-    },
-    #[error("price snapshot has no region {0:?}")]
-    UnknownRegion(String),
-    #[error("AWS {operation} failed: {message}")]
-    Aws {
-        operation: &'static str,
-        message: String,
-    },
-    #[error("AWS {operation} returned an unreadable answer: {message}")]
-    BadAnswer {
-        operation: &'static str,
-        message: String,
-    },
-}
+use crate::error::Error;
 
 /// Where prices come from. `criteria` lets a source skip fetching what cannot rank.
 pub trait PriceSource: Send + Sync {
@@ -44,7 +18,7 @@ pub trait PriceSource: Send + Sync {
     fn price_book(
         &self,
         criteria: &Criteria,
-    ) -> impl std::future::Future<Output = Result<PriceBook, PricingError>> + Send;
+    ) -> impl std::future::Future<Output = Result<PriceBook, Error>> + Send;
 }
 
 /// A source chosen at run time.
@@ -61,7 +35,7 @@ impl PriceSource for AnySource {
         }
     }
 
-    async fn price_book(&self, criteria: &Criteria) -> Result<PriceBook, PricingError> {
+    async fn price_book(&self, criteria: &Criteria) -> Result<PriceBook, Error> {
         match self {
             AnySource::Snapshot(s) => s.price_book(criteria).await,
             AnySource::Aws(s) => s.price_book(criteria).await,

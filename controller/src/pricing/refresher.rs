@@ -4,7 +4,6 @@
 //! place, counts the failure and logs it.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -16,10 +15,9 @@ use prometheus_client::registry::Registry;
 use spotkube_shared::ranking::{
     CONFIGMAP_KEY, CONFIGMAP_NAME, CONFIGMAP_NAMESPACE, Criteria, Ranking, compute,
 };
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
-use super::{AnySource, PriceSource};
+use super::PriceSource;
+use crate::error::{Error, KubeResultExt, Result};
 
 /// The default refresh interval.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10 * 60);
@@ -90,19 +88,22 @@ pub async fn refresh_once(
     target: &Target,
     source: &impl PriceSource,
     criteria: &Criteria,
-) -> anyhow::Result<Refreshed> {
+) -> Result<Refreshed> {
     let book = source.price_book(criteria).await?;
     let ranking = compute(&book, criteria, source.name(), jiff::Timestamp::now());
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &target.namespace);
+    let object = format!("configmap/{}/{}", target.namespace, target.name);
     let current = api
         .get_opt(&target.name)
-        .await?
+        .await
+        .kube("get", &object)?
         .and_then(|cm| cm.data?.remove(CONFIGMAP_KEY))
         .and_then(|text| Ranking::from_json(&text).ok());
     // Compare what a reader would see: serde_json's float parsing is not an exact
     // inverse of its printing, so a ranking compared with its own parsed copy could
     // differ in the last bit and be rewritten on every refresh.
-    let as_read = Ranking::from_json(&ranking.to_json())?;
+    let as_read = Ranking::from_json(&ranking.to_json())
+        .map_err(|e| Error::Invalid(format!("the computed ranking does not read back: {e}")))?;
     if current.is_some_and(|c| c.same_content(&as_read)) {
         return Ok(Refreshed::Unchanged);
     }
@@ -122,7 +123,8 @@ pub async fn refresh_once(
         )])),
         ..Default::default()
     };
-    let mut value = serde_json::to_value(&cm)?;
+    let mut value =
+        serde_json::to_value(&cm).map_err(|e| Error::Invalid(format!("ranking ConfigMap: {e}")))?;
     value["apiVersion"] = "v1".into();
     value["kind"] = "ConfigMap".into();
     api.patch(
@@ -130,49 +132,7 @@ pub async fn refresh_once(
         &PatchParams::apply(FIELD_MANAGER).force(),
         &Patch::Apply(value),
     )
-    .await?;
+    .await
+    .kube("apply", &object)?;
     Ok(Refreshed::Written)
-}
-
-/// Refreshes every `interval` until `cancel` fires. Run it on the leader only.
-pub fn spawn(
-    client: Client,
-    source: Arc<AnySource>,
-    criteria: Criteria,
-    interval: Duration,
-    target: Target,
-    metrics: RefreshMetrics,
-    cancel: CancellationToken,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            metrics.refreshes.inc();
-            match refresh_once(&client, &target, source.as_ref(), &criteria).await {
-                Ok(outcome) => {
-                    metrics
-                        .last_success_seconds
-                        .set(jiff::Timestamp::now().as_second());
-                    if outcome == Refreshed::Written {
-                        metrics.writes.inc();
-                        tracing::info!(source = source.name(), configmap = %format!("{}/{}", target.namespace, target.name), "ranking changed; published");
-                    } else {
-                        tracing::debug!("ranking unchanged");
-                    }
-                }
-                Err(e) => {
-                    metrics.failures.inc();
-                    tracing::error!(
-                        error = format!("{e:#}"),
-                        "ranking refresh failed; the last good ranking stays published"
-                    );
-                }
-            }
-        }
-    })
 }

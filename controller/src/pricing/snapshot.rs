@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use spotkube_shared::ranking::{Criteria, InstanceTypeInfo, PriceBook, family};
 
-use super::{PriceSource, PricingError};
+use super::PriceSource;
+use crate::error::Error;
 
 #[derive(Debug, Deserialize)]
 struct Snapshot {
@@ -59,12 +60,12 @@ pub fn graviton_family(family: &str) -> bool {
 
 /// The Spot Advisor interruption band per type of `region`, read from a snapshot file:
 /// the AWS APIs do not publish bands, so the AWS source takes them from here.
-pub fn interruption_bands(path: &Path, region: &str) -> Result<BTreeMap<String, u8>, PricingError> {
+pub fn interruption_bands(path: &Path, region: &str) -> Result<BTreeMap<String, u8>, Error> {
     let snapshot = SnapshotSource::load(path)?;
     let prices = snapshot
         .regions
         .get(region)
-        .ok_or_else(|| PricingError::UnknownRegion(region.to_string()))?;
+        .ok_or_else(|| Error::Invalid(format!("price snapshot has no region {region:?}")))?;
     Ok(prices
         .spot
         .iter()
@@ -88,24 +89,21 @@ impl SnapshotSource {
         }
     }
 
-    fn load(path: &Path) -> Result<Snapshot, PricingError> {
+    fn load(path: &Path) -> Result<Snapshot, Error> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| PricingError::SnapshotIo {
-            path: shown.clone(),
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            what: format!("price snapshot {shown}"),
             source,
         })?;
-        serde_json::from_str(&text).map_err(|source| PricingError::SnapshotJson {
-            path: shown,
-            source,
-        })
+        serde_json::from_str(&text)
+            .map_err(|e| Error::Invalid(format!("price snapshot {shown} is not valid: {e}")))
     }
 
     /// The price book of the snapshot, without I/O (for tests and the CLI).
-    fn book(&self, snapshot: &Snapshot) -> Result<PriceBook, PricingError> {
-        let region = snapshot
-            .regions
-            .get(&self.region)
-            .ok_or_else(|| PricingError::UnknownRegion(self.region.clone()))?;
+    fn book(&self, snapshot: &Snapshot) -> Result<PriceBook, Error> {
+        let region = snapshot.regions.get(&self.region).ok_or_else(|| {
+            Error::Invalid(format!("price snapshot has no region {:?}", self.region))
+        })?;
         let mut book = PriceBook {
             region: Some(self.region.clone()),
             ..PriceBook::default()
@@ -156,7 +154,7 @@ impl PriceSource for SnapshotSource {
         "snapshot"
     }
 
-    async fn price_book(&self, _criteria: &Criteria) -> Result<PriceBook, PricingError> {
+    async fn price_book(&self, _criteria: &Criteria) -> Result<PriceBook, Error> {
         let snapshot = Self::load(&self.path)?;
         self.book(&snapshot)
     }

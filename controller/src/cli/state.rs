@@ -1,13 +1,14 @@
 //! `spotkube-controller state get|set NAMESPACE/DEPLOYMENT`: an operator's view of a
 //! workload's spotkube state, and a way to change it.
 
-use anyhow::Context;
 use clap::{Args, Subcommand};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use spotkube_shared::annotations::{self, WorkloadState};
+
+use crate::error::{Error, KubeResultExt, Result};
 
 #[derive(Args)]
 pub struct StateArgs {
@@ -33,11 +34,11 @@ fn parse_state(value: &str) -> Result<WorkloadState, String> {
         .map_err(|e: annotations::InvalidValue| e.to_string())
 }
 
-fn split(workload: &str) -> anyhow::Result<(&str, &str)> {
+fn split(workload: &str) -> Result<(&str, &str)> {
     workload
         .split_once('/')
         .filter(|(ns, name)| !ns.is_empty() && !name.is_empty())
-        .context("expected NAMESPACE/DEPLOYMENT")
+        .ok_or_else(|| Error::Invalid(format!("{workload:?}: expected NAMESPACE/DEPLOYMENT")))
 }
 
 /// The keys `state get` shows, in this order.
@@ -53,15 +54,17 @@ const SHOWN: &[&str] = &[
     annotations::FALLBACK,
 ];
 
-pub async fn main(args: StateArgs) -> anyhow::Result<()> {
-    let client = kube::Client::try_default().await?;
+pub async fn main(args: StateArgs) -> Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .kube("connect", "the API server (KUBECONFIG or in-cluster)")?;
     match args.action {
         StateAction::Get { workload } => {
             let (ns, name) = split(&workload)?;
             let d = Api::<Deployment>::namespaced(client, ns)
                 .get(name)
                 .await
-                .with_context(|| format!("deployment {workload}"))?;
+                .kube("get", format_args!("deployment/{workload}"))?;
             let a = d.annotations();
             println!(
                 "{workload}: replicas {}",
@@ -81,7 +84,7 @@ pub async fn main(args: StateArgs) -> anyhow::Result<()> {
             Api::<Deployment>::namespaced(client, ns)
                 .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
-                .with_context(|| format!("deployment {workload}"))?;
+                .kube("patch", format_args!("deployment/{workload}"))?;
             println!("{workload}: {} = {state}", annotations::STATE);
         }
     }

@@ -1,5 +1,8 @@
 use super::*;
+use spotkube_shared::annotations::{InterruptionKind, Surge};
 use spotkube_shared::events;
+use spotkube_shared::events::SpotEvent;
+use std::time::Duration;
 
 const SPOT: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),

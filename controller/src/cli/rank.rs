@@ -6,9 +6,10 @@ use std::path::PathBuf;
 
 use spotkube_shared::ranking::{Criteria, Ranking, ScoreBy, compute};
 
-use super::aws::AwsSource;
-use super::snapshot::SnapshotSource;
-use super::{AnySource, PriceSource};
+use crate::error::{Error, Result};
+use crate::pricing::aws::AwsSource;
+use crate::pricing::snapshot::{self, SnapshotSource};
+use crate::pricing::{AnySource, PriceSource};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SourceKind {
@@ -139,7 +140,7 @@ impl RankArgs {
     }
 
     /// Builds the chosen source.
-    pub async fn source(&self) -> anyhow::Result<AnySource> {
+    pub async fn source(&self) -> Result<AnySource> {
         Ok(match self.source {
             SourceKind::Snapshot => {
                 let region = self.region.clone().unwrap_or_else(|| "us-east-1".into());
@@ -156,10 +157,10 @@ impl RankArgs {
             SourceKind::Aws => {
                 let config = crate::aws::sdk_config(self.region.clone(), false).await;
                 let region = config.region().map(|r| r.to_string()).ok_or_else(|| {
-                    anyhow::anyhow!("no AWS region: pass --region or set AWS_REGION")
+                    Error::Invalid("no AWS region: pass --region or set AWS_REGION".into())
                 })?;
                 let bands = match &self.interruption_bands {
-                    Some(path) => super::snapshot::interruption_bands(path, &region)?,
+                    Some(path) => snapshot::interruption_bands(path, &region)?,
                     None => Default::default(),
                 };
                 AnySource::Aws(
@@ -174,7 +175,7 @@ impl RankArgs {
 }
 
 /// Runs `rank`: prints the ranking to stdout.
-pub async fn run(args: RankArgs) -> anyhow::Result<()> {
+pub async fn run(args: RankArgs) -> Result<()> {
     let source = args.source().await?;
     let criteria = args.criteria();
     let book = source.price_book(&criteria).await?;
@@ -185,7 +186,10 @@ pub async fn run(args: RankArgs) -> anyhow::Result<()> {
     };
     // A closed pipe (`rank | head`) is the reader's choice, not an error.
     match std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::Io {
+            what: "standard output".into(),
+            source: e,
+        }),
         _ => Ok(()),
     }
 }

@@ -1,0 +1,89 @@
+//! The controller's command line: `run` (the default), `state` and `rank`. Every flag
+//! has an environment twin (`SPOTKUBE_…`), for manifests and Helm values.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use spotkube_shared::telemetry::LogFormat;
+
+use crate::cli;
+
+#[derive(Parser)]
+#[command(
+    name = "spotkube-controller",
+    version,
+    about,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    #[arg(long, env = "SPOTKUBE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// Plain-HTTP /healthz /readyz /metrics (`run`).
+    #[arg(
+        long,
+        env = "SPOTKUBE_ADMIN_LISTEN",
+        default_value = "0.0.0.0:8080",
+        global = true
+    )]
+    pub admin_listen: SocketAddr,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// `run`'s flags, so that `spotkube-controller --queue-url URL` runs.
+    #[command(flatten)]
+    pub run: Option<RunArgs>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Consume interruption events and act on them (the default).
+    Run(RunArgs),
+    /// Show or change a workload's spotkube state, for operators.
+    State(cli::state::StateArgs),
+    /// Print the spot price ranking per AZ (table or the ranking JSON).
+    Rank(cli::rank::RankArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct RunArgs {
+    /// The SQS queue EventBridge delivers interruption events to.
+    #[arg(long, env = "SPOTKUBE_QUEUE_URL")]
+    pub queue_url: String,
+    /// Publish the price ranking ConfigMap (leader only), from `--source`.
+    #[arg(long, env = "SPOTKUBE_PUBLISH_RANKING")]
+    pub publish_ranking: bool,
+    /// How often to refresh the ranking (default 10m).
+    #[arg(long, env = "SPOTKUBE_RANKING_INTERVAL", value_parser = humantime::parse_duration)]
+    pub ranking_interval: Option<Duration>,
+    /// The ranking's price source and `--region` (shared with `rank`).
+    #[command(flatten)]
+    pub ranking: cli::rank::RankArgs,
+    /// How long a received message stays invisible while being acted on.
+    #[arg(long, env = "SPOTKUBE_VISIBILITY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub visibility_timeout: Duration,
+    /// Disable the AWS SDK's retries (tests against moto).
+    #[arg(long, env = "SPOTKUBE_AWS_DISABLE_RETRIES")]
+    pub aws_disable_retries: bool,
+    /// Namespace of the leader-election Lease.
+    #[arg(
+        long,
+        env = "SPOTKUBE_LEASE_NAMESPACE",
+        default_value = "spotkube-system"
+    )]
+    pub lease_namespace: String,
+    #[arg(
+        long,
+        env = "SPOTKUBE_LEASE_NAME",
+        default_value = "spotkube-controller"
+    )]
+    pub lease_name: String,
+    /// Seconds a lease stays valid after its last renewal (failover time).
+    #[arg(long, env = "SPOTKUBE_LEASE_DURATION", default_value_t = 15)]
+    pub lease_duration: u64,
+    /// This replica's identity (default: the pod name from POD_NAME, else HOSTNAME + pid).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// How often to look for scaled surges whose hold is over.
+    #[arg(long, env = "SPOTKUBE_SCALE_BACK_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub scale_back_interval: Duration,
+}

@@ -1,0 +1,23 @@
+//! The leader's periodic loops: each looks at the cluster as it is and moves it one step
+//! towards what spotkube promised, so a restarted or newly elected controller picks up
+//! where the last one left off.
+//!
+//! - [`drain`]: protect what still runs on a marked Node until its deadline.
+//! - [`scale_back`]: end scaled surges whose hold is over.
+//! - [`ranking`]: refresh and publish the price ranking.
+
+pub mod drain;
+pub mod ranking;
+pub mod scale_back;
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+/// Sleeps `every`; `false` when `stop` fired first.
+async fn tick(every: Duration, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep(every) => true,
+    }
+}

@@ -1,0 +1,170 @@
+//! `spotkube-controller run`: wires the process together. Every replica serves its
+//! admin endpoints and keeps the Node index warm; only the leader acts, and
+//! [`Leader::lead`] lists everything it runs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use spotkube_shared::admin::{self, Gate, Readiness};
+use spotkube_shared::ranking::Criteria;
+use spotkube_shared::telemetry;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::act::Actor;
+use crate::config::RunArgs;
+use crate::context::Context;
+use crate::error::{KubeResultExt, Result};
+use crate::intake::Intake;
+use crate::leader::{self, LeaderConfig};
+use crate::metrics::Metrics;
+use crate::nodes_index::NodesIndex;
+use crate::pricing::AnySource;
+use crate::pricing::refresher::{self, RefreshMetrics, Target};
+use crate::reconcile;
+use crate::supervisor::Term;
+
+/// Runs until SIGTERM / Ctrl-C, then stops the leader's work and releases the Lease.
+pub async fn run(args: RunArgs, admin_listen: SocketAddr) -> Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .kube("connect", "the API server (KUBECONFIG or in-cluster)")?;
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "spotkube-controller".into());
+        format!("{host}-{}", std::process::id())
+    });
+
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let ranking = match args.publish_ranking {
+        true => Some(RankingJob {
+            source: Arc::new(args.ranking.source().await?),
+            criteria: args.ranking.criteria(),
+            interval: args.ranking_interval.unwrap_or(refresher::DEFAULT_INTERVAL),
+            metrics: RefreshMetrics::register(&mut registry),
+        }),
+        false => None,
+    };
+    let readiness = Readiness::default();
+    let nodes_synced = readiness.gate("nodes index");
+    let leading = readiness.gate("leader");
+    // A standby is healthy and ready to take over; /readyz only reports the cache.
+    leading.open();
+
+    // What every replica runs, leader or not.
+    let stop = CancellationToken::new();
+    let mut process = JoinSet::new();
+    let admin_stop = stop.clone();
+    process.spawn(async move {
+        let router = admin::router(Arc::new(registry), readiness);
+        if let Err(error) = admin::serve(admin_listen, router, admin_stop.cancelled_owned()).await {
+            tracing::error!(%error, "admin endpoints stopped");
+        }
+    });
+    let nodes = NodesIndex::default();
+    process.spawn(nodes.clone().run(client.clone(), nodes_synced.clone()));
+
+    let sqs = aws_sdk_sqs::Client::new(
+        &crate::aws::sdk_config(args.ranking.region.clone(), args.aws_disable_retries).await,
+    );
+    let leader = Leader {
+        ctx: Context::new(client.clone(), Some(identity.clone()), metrics, nodes, sqs),
+        nodes_synced,
+        queue_url: args.queue_url.clone(),
+        visibility_timeout: args.visibility_timeout,
+        reconcile_every: args.scale_back_interval,
+        ranking,
+    };
+    let result = leader::run_while_leader(
+        client,
+        LeaderConfig {
+            namespace: args.lease_namespace,
+            lease_name: args.lease_name,
+            identity,
+            duration_secs: args.lease_duration,
+            grace_secs: (args.lease_duration / 3).max(1),
+        },
+        leading,
+        |token| leader.clone().lead(token),
+        telemetry::shutdown_signal(),
+    )
+    .await;
+    tracing::info!("shutting down");
+    stop.cancel();
+    // The index watch never ends on its own; the admin server drains.
+    while let Some(task) = process.join_next().await {
+        if task.is_ok() {
+            process.abort_all();
+        }
+    }
+    result
+}
+
+/// The price ranking's refresh, when `--publish-ranking` is on.
+#[derive(Clone)]
+struct RankingJob {
+    source: Arc<AnySource>,
+    criteria: Criteria,
+    interval: Duration,
+    metrics: RefreshMetrics,
+}
+
+/// Everything the leader needs to start a term.
+#[derive(Clone)]
+struct Leader {
+    ctx: Context,
+    nodes_synced: Gate,
+    queue_url: String,
+    visibility_timeout: Duration,
+    reconcile_every: Duration,
+    ranking: Option<RankingJob>,
+}
+
+impl Leader {
+    /// One term of leadership: every loop the leader runs, by name, until `token`
+    /// is cancelled (leadership lost, or shutdown).
+    async fn lead(self, token: CancellationToken) -> Result<()> {
+        // Never map instances to nodes on a partial index.
+        while !self.nodes_synced.is_open() {
+            tokio::select! {
+                _ = token.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+        let mut term = Term::new(token.clone(), self.ctx.metrics.clone());
+        let actor = Actor::new(self.ctx.clone(), term.tasks().clone());
+        let every = self.reconcile_every;
+        let intake = Intake {
+            actor: actor.clone(),
+            queue_url: self.queue_url,
+            visibility_timeout: self.visibility_timeout,
+        };
+        term.start("intake", intake.run(token.clone()));
+        term.start(
+            "drain",
+            reconcile::drain::run(actor.clone(), every, token.clone()),
+        );
+        term.start(
+            "scale-back",
+            reconcile::scale_back::run(actor, every, token.clone()),
+        );
+        if let Some(job) = self.ranking {
+            // The ranking ConfigMap has one writer: the leader.
+            term.start(
+                "ranking",
+                reconcile::ranking::run(
+                    self.ctx.client.clone(),
+                    job.source,
+                    job.criteria,
+                    job.interval,
+                    Target::default(),
+                    job.metrics,
+                    token,
+                ),
+            );
+        }
+        term.run().await
+    }
+}

@@ -1,0 +1,294 @@
+//! Component tests of the controller's I/O against a mocked API server (no rig): the
+//! exact requests of the Node patch and its 409 retry, how an intake outcome maps to
+//! deleting or keeping the SQS message, and owner resolution.
+
+mod mock;
+
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use mock::Expect;
+use serde_json::{Value, json};
+use spotkube_controller::decide::{Action, Owner, TaintEffect};
+use spotkube_controller::intake::{Intake, Outcome};
+use spotkube_controller::nodes_index::NodesIndex;
+use spotkube_controller::view;
+use spotkube_shared::annotations::{InterruptionKind, InterruptionNotice};
+use spotkube_shared::policy::Policy;
+use spotkube_shared::watch::WatchIndex;
+
+const NODE: &str = "/api/v1/nodes/spot-a";
+const INSTANCE: &str = "i-0a1b2c3d4e5f60718";
+
+fn mark() -> Action {
+    Action::MarkNode {
+        effect: TaintEffect::NoSchedule,
+        cordon: true,
+        notice: InterruptionNotice {
+            kind: InterruptionKind::SpotInterruption,
+            deadline: Some("2026-11-20T10:17:00Z".parse::<Timestamp>().unwrap()),
+            event_id: Some("e-1".into()),
+        },
+    }
+}
+
+/// The patch is made under the resourceVersion of the read it edited.
+fn patched_under(version: &'static str) -> impl Fn(&Value) -> Result<(), String> + Send + Sync {
+    move |body: &Value| match &body["metadata"]["resourceVersion"] {
+        v if v == version => Ok(()),
+        v => Err(format!("patched under resourceVersion {v}, not {version}")),
+    }
+}
+
+/// `Err(what)` unless `holds`.
+fn ensure(holds: bool, what: impl Into<String>) -> Result<(), String> {
+    if holds { Ok(()) } else { Err(what.into()) }
+}
+
+#[tokio::test]
+async fn node_patch_conflict_is_retried_on_a_fresh_read() {
+    let (client, served) = mock::client(vec![
+        Expect::get(NODE).returns(mock::node("spot-a", INSTANCE, "1")),
+        Expect::patch(NODE)
+            .checks(patched_under("1"))
+            .fails(409, "Conflict"),
+        Expect::get(NODE).returns(mock::node("spot-a", INSTANCE, "2")),
+        Expect::patch(NODE)
+            .checks(|body| {
+                patched_under("2")(body)?;
+                ensure(body["spec"]["unschedulable"] == true, "not cordoned")?;
+                let taint = json!([{"key": "spotkube.io/interruption", "effect": "NoSchedule"}]);
+                ensure(body["spec"]["taints"] == taint, format!("taints {body}"))?;
+                let notice = &body["metadata"]["annotations"]["spotkube.io/interruption"];
+                ensure(
+                    notice.as_str().is_some_and(|n| n.contains("e-1")),
+                    format!("notice {notice}"),
+                )
+            })
+            .returns(mock::node("spot-a", INSTANCE, "3")),
+    ]);
+    let (actor, registry) = mock::actor(client, NodesIndex::default());
+    actor
+        .execute("spot-a", vec![mark()], Instant::now())
+        .await
+        .unwrap();
+    served.check();
+    let metrics = mock::scrape(&registry);
+    assert!(
+        metrics.contains(
+            r#"spotkube_controller_actions_total{action="mark-node",outcome="ok",error="none"} 1"#
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn conflicts_that_never_end_fail_the_action_as_a_conflict() {
+    let mut script = Vec::new();
+    for version in ["1", "2", "3", "4", "5"] {
+        script.push(Expect::get(NODE).returns(mock::node("spot-a", INSTANCE, version)));
+        script.push(Expect::patch(NODE).fails(409, "Conflict"));
+    }
+    let (client, served) = mock::client(script);
+    let (actor, registry) = mock::actor(client, NodesIndex::default());
+    let error = actor
+        .execute("spot-a", vec![mark()], Instant::now())
+        .await
+        .unwrap_err();
+    served.check();
+    assert_eq!(error.category(), "conflict", "{error}");
+    let metrics = mock::scrape(&registry);
+    assert!(
+        metrics.contains(
+            r#"spotkube_controller_actions_total{action="mark-node",outcome="error",error="conflict"} 1"#
+        ),
+        "{metrics}"
+    );
+}
+
+fn spot_warning(instance: &str) -> String {
+    json!({
+        "version": "0", "id": "4b1d2f0e-7c55-4a8e-9f1b-2d6a1c3e5f70",
+        "detail-type": "EC2 Spot Instance Interruption Warning", "source": "aws.ec2",
+        "account": "111122223333", "time": "2026-11-20T10:15:00Z", "region": "us-east-1",
+        "resources": [format!("arn:aws:ec2:us-east-1:111122223333:instance/{instance}")],
+        "detail": { "instance-id": instance, "instance-action": "terminate" },
+    })
+    .to_string()
+}
+
+/// The intake of a fresh term over `script`, with `spot-a` backed by [`INSTANCE`].
+fn intake(script: Vec<Expect>) -> (Intake, mock::Served) {
+    let (client, served) = mock::client(script);
+    let nodes = NodesIndex::default();
+    let node = serde_json::from_value(mock::node("spot-a", INSTANCE, "1")).unwrap();
+    nodes.apply(&node);
+    let (actor, _registry) = mock::actor(client, nodes);
+    let intake = Intake {
+        actor,
+        queue_url: "http://127.0.0.1:1/queue".into(),
+        visibility_timeout: Duration::from_secs(60),
+    };
+    (intake, served)
+}
+
+#[tokio::test]
+async fn intake_outcomes_delete_what_is_done_or_not_ours_and_keep_the_rest() {
+    // The mapping itself: only Done and NotOurs delete the message.
+    assert!(Outcome::Done.deletes() && Outcome::NotOurs.deletes());
+    assert!(!Outcome::Rejected.deletes() && !Outcome::Failed.deletes());
+
+    let cases: Vec<(&str, String, Vec<Expect>, Outcome)> = vec![
+        ("garbage", "not json".into(), vec![], Outcome::Rejected),
+        (
+            "unknown kind",
+            json!({"id": "x", "source": "aws.s3", "detail-type": "Object Created",
+                   "time": "2026-11-20T10:15:00Z", "detail": {}})
+            .to_string(),
+            vec![],
+            Outcome::Rejected,
+        ),
+        (
+            "a Health event for another service",
+            json!({
+                "id": "h", "source": "aws.health", "detail-type": "AWS Health Event",
+                "time": "2026-11-18T01:43:21Z",
+                "detail": {"service": "RDS", "eventTypeCategory": "scheduledChange",
+                           "eventTypeCode": "X", "communicationId": "c", "affectedEntities": []},
+            })
+            .to_string(),
+            vec![],
+            Outcome::NotOurs,
+        ),
+        (
+            "an instance of another cluster",
+            spot_warning("i-00000000000000001"),
+            vec![],
+            Outcome::NotOurs,
+        ),
+        (
+            "a node gone meanwhile",
+            spot_warning(INSTANCE),
+            vec![Expect::get(NODE).fails(404, "NotFound")],
+            Outcome::Done,
+        ),
+        (
+            "a node that cannot be read",
+            spot_warning(INSTANCE),
+            vec![Expect::get(NODE).fails(403, "Forbidden")],
+            Outcome::Failed,
+        ),
+        (
+            "an acted-on node",
+            spot_warning(INSTANCE),
+            vec![
+                Expect::get(NODE).returns(mock::node("spot-a", INSTANCE, "1")),
+                Expect::get("/api/v1/pods")
+                    .with_query("fieldSelector=spec.nodeName%3Dspot-a")
+                    .returns(
+                        json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}),
+                    ),
+                Expect::get(NODE).returns(mock::node("spot-a", INSTANCE, "1")),
+                Expect::patch(NODE).returns(mock::node("spot-a", INSTANCE, "2")),
+            ],
+            Outcome::Done,
+        ),
+    ];
+    for (what, body, script, expected) in cases {
+        let (intake, served) = intake(script);
+        let outcome = intake.process(&body, Instant::now()).await;
+        assert_eq!(outcome, expected, "{what}");
+        served.check();
+    }
+}
+
+fn pod(name: &str, owner: Option<(&str, &str)>) -> Value {
+    let owners: Vec<Value> = owner
+        .map(|(kind, owner)| {
+            json!({"apiVersion": "apps/v1", "kind": kind, "name": owner, "uid": "u", "controller": true})
+        })
+        .into_iter()
+        .collect();
+    json!({
+        "metadata": {"name": name, "namespace": "shop", "ownerReferences": owners},
+        "spec": {"nodeName": "spot-a", "containers": []},
+        "status": {"phase": "Running"},
+    })
+}
+
+#[tokio::test]
+async fn owners_resolve_pod_to_replicaset_to_deployment_statefulset_and_bare_pod() {
+    let apps = "/apis/apps/v1/namespaces/shop";
+    let (client, served) = mock::client(vec![
+        Expect::get("/api/v1/pods")
+            .with_query("fieldSelector=spec.nodeName%3Dspot-a")
+            .returns(json!({
+                "apiVersion": "v1", "kind": "PodList", "metadata": {},
+                "items": [
+                    pod("web-5d4f-x", Some(("ReplicaSet", "web-5d4f"))),
+                    pod("db-0", Some(("StatefulSet", "db"))),
+                    pod("bare", None),
+                ],
+            })),
+        Expect::get("/api/v1/namespaces/shop").returns(json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "shop", "annotations": {"spotkube.io/enabled": "true"}},
+        })),
+        Expect::get(&format!("{apps}/replicasets/web-5d4f")).returns(json!({
+            "apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {"name": "web-5d4f", "namespace": "shop", "ownerReferences": [
+                {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "d", "controller": true}
+            ]},
+            "spec": {"selector": {}},
+        })),
+        Expect::get(&format!("{apps}/deployments/web")).returns(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "shop", "annotations": {"spotkube.io/reason": "e-0"}},
+            "spec": {"replicas": 1, "selector": {}, "template": {}},
+        })),
+        Expect::get("/apis/autoscaling/v2/namespaces/shop/horizontalpodautoscalers").returns(json!({
+            "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscalerList", "metadata": {},
+            "items": [{
+                "metadata": {"name": "web", "namespace": "shop"},
+                "spec": {"maxReplicas": 3, "scaleTargetRef": {"kind": "Deployment", "name": "web"}},
+            }],
+        })),
+        Expect::get(&format!("{apps}/statefulsets/db")).returns(json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {"name": "db", "namespace": "shop"},
+            "spec": {"replicas": 1, "selector": {}, "template": {}, "serviceName": "db"},
+        })),
+    ]);
+    let views = view::pods_on(&client, "spot-a", &Policy::default())
+        .await
+        .unwrap();
+    served.check();
+    let owners: Vec<(&str, &Owner)> = views.iter().map(|v| (v.name.as_str(), &v.owner)).collect();
+    let Owner::Deployment(web) = owners[0].1 else {
+        panic!("web's owner: {:?}", owners[0]);
+    };
+    assert_eq!(
+        (
+            web.name.as_str(),
+            web.replicas,
+            web.hpa_managed,
+            web.surged_for.as_deref()
+        ),
+        ("web", 1, true, Some("e-0"))
+    );
+    assert_eq!(
+        owners[1],
+        (
+            "db-0",
+            &Owner::StatefulSet {
+                name: "db".into(),
+                replicas: 1
+            }
+        )
+    );
+    assert_eq!(owners[2], ("bare", &Owner::None));
+    assert!(
+        views.iter().all(|v| v.policy.enabled),
+        "namespace opt-in applies"
+    );
+}
