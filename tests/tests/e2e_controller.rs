@@ -490,6 +490,18 @@ async fn without_the_controller_the_service_does_empty() -> anyhow::Result<()> {
         cordon(true).await?;
         let watch = EndpointWatch::start(&s.test);
         tokio::time::sleep(Duration::from_secs(2)).await;
+        // The dying instance takes no new pods: without this, the replacement created
+        // between the pod's and the Node's deletion could be bound to the doomed node and
+        // sit on a Node that no longer exists until pod GC (the EndpointSlice controller
+        // skips it: "Node not found"), outlasting the wait below.
+        let doomed = serde_json::json!({ "spec": { "unschedulable": true } });
+        nodes
+            .patch(
+                &s.doomed.name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&doomed),
+            )
+            .await?;
         s.kill_node().await?;
         tokio::time::sleep(Duration::from_secs(3)).await;
         cordon(false).await?;
