@@ -53,13 +53,13 @@ pub struct RunArgs {
     #[arg(long, env = "SPOTKUBE_PUBLISH_RANKING")]
     pub publish_ranking: bool,
     /// How often to refresh the ranking (default 10m).
-    #[arg(long, env = "SPOTKUBE_RANKING_INTERVAL", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SPOTKUBE_RANKING_INTERVAL", value_parser = spotkube_shared::config::positive_duration)]
     pub ranking_interval: Option<Duration>,
     /// The ranking's price source and `--region` (shared with `rank`).
     #[command(flatten)]
     pub ranking: cli::rank::RankArgs,
     /// How long a received message stays invisible while being acted on.
-    #[arg(long, env = "SPOTKUBE_VISIBILITY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SPOTKUBE_VISIBILITY_TIMEOUT", default_value = "60s", value_parser = spotkube_shared::config::positive_duration)]
     pub visibility_timeout: Duration,
     /// Disable the AWS SDK's retries (tests against moto).
     #[arg(long, env = "SPOTKUBE_AWS_DISABLE_RETRIES")]
@@ -84,6 +84,6 @@ pub struct RunArgs {
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
     /// How often to look for scaled surges whose hold is over.
-    #[arg(long, env = "SPOTKUBE_SCALE_BACK_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SPOTKUBE_SCALE_BACK_INTERVAL", default_value = "10s", value_parser = spotkube_shared::config::positive_duration)]
     pub scale_back_interval: Duration,
 }

@@ -36,6 +36,17 @@ struct PodMeta {
     namespace: Option<String>,
     #[serde(default)]
     annotations: Option<BTreeMap<String, String>>,
+    #[serde(default, rename = "ownerReferences")]
+    owner_references: Option<Vec<OwnerLite>>,
+}
+
+/// The two fields of an ownerReference the filter reads (tolerant of the rest).
+#[derive(Deserialize)]
+struct OwnerLite {
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    controller: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -151,7 +162,18 @@ pub struct Outcome {
 
 /// The pod's resolved policy: cluster defaults < namespace < pod (the pod carries its
 /// template's annotations; the workload object's own metadata is not visible here).
+/// A DaemonSet pod gets none: its controller already chose its one node, and excluding
+/// that node for its capacity would leave it Pending for good.
 fn pod_policy(view: &View<'_>, pod: &PodView) -> Policy {
+    let daemonset = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| spotkube_shared::pod::is_daemonset_controller(&o.kind, o.controller));
+    if daemonset {
+        return Policy::default();
+    }
     let namespace = pod
         .metadata
         .namespace

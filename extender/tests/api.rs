@@ -246,6 +246,29 @@ async fn policy_excludes_spot_for_on_demand_pods() {
 }
 
 #[tokio::test]
+async fn daemonset_pods_are_not_kept_off_nodes_by_policy() {
+    let server = Server::start().await;
+    let mut nodes = fixture_nodes();
+    nodes[1] = interrupted(nodes[1].clone(), "spot-interruption");
+    server.cluster.replace_nodes(&nodes);
+    server.cluster.set_namespace(
+        "demo",
+        BTreeMap::from([
+            ("spotkube.io/enabled".to_string(), "true".to_string()),
+            ("spotkube.io/capacity".to_string(), "on-demand".to_string()),
+        ]),
+    );
+    let mut args = fixture("filter-node-names.json");
+    args["Pod"]["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "DaemonSet",
+        "name": "agent", "uid": "d5", "controller": true, "blockOwnerDeletion": true}]);
+    let result = server.filter(&args).await;
+    // The on-demand namespace excludes no spot node for it; an interruption still does.
+    assert_eq!(result.node_names.unwrap(), ["fake-node-1", "fake-node-3"]);
+    assert_eq!(result.failed_nodes.len(), 1);
+    assert!(result.failed_nodes["fake-node-2"].contains("spot-interruption"));
+}
+
+#[tokio::test]
 async fn prioritize_scores_by_rank_in_the_node_zone() {
     let server = Server::start().await;
     server.cluster.replace_nodes(&fixture_nodes());

@@ -9,11 +9,13 @@ pub mod events;
 pub mod extender_api;
 pub mod labels;
 pub mod node;
+pub mod pod;
 pub mod policy;
 pub mod ranking;
 
 // The common runtime of the three programs.
 pub mod admin;
+pub mod config;
 pub mod telemetry;
 pub mod tls;
 pub mod watch;

@@ -30,9 +30,9 @@ pub struct Args {
     #[arg(long, env = "SPOTKUBE_TLS_KEY")]
     pub tls_key: PathBuf,
     /// Re-read the certificate at least this often, besides file events.
-    #[arg(long, env = "SPOTKUBE_TLS_RECHECK", default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SPOTKUBE_TLS_RECHECK", default_value = "60s", value_parser = spotkube_shared::config::positive_duration)]
     pub tls_recheck: Duration,
-    /// Set this schedulerName on opted-in pods that are not bound for Fargate.
+    /// Set this schedulerName on opted-in pods (not Fargate-bound, DaemonSet or mirror pods).
     #[arg(long, env = "SPOTKUBE_SCHEDULER_NAME")]
     pub scheduler_name: Option<String>,
     /// A toleration for a spot taint, KEY[=VALUE]:EFFECT (repeat, or comma-separate in env).
@@ -109,6 +109,18 @@ mod tests {
             Args::try_parse_from(["spotkube-webhook"]).is_err(),
             "cert and key are required"
         );
+    }
+
+    #[test]
+    fn a_zero_tls_recheck_is_refused_at_start() {
+        // A zero period would panic in the certificate re-check timer.
+        let err = Args::try_parse_from(TLS.into_iter().chain(["--tls-recheck", "0s"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--tls-recheck"), "{err}");
+        assert!(err.contains("must be greater than 0"), "{err}");
+        let args = Args::try_parse_from(TLS.into_iter().chain(["--tls-recheck", "5s"])).unwrap();
+        assert_eq!(args.tls_recheck, Duration::from_secs(5));
     }
 
     #[test]

@@ -17,6 +17,9 @@
 //! - pods bound for Fargate (node selector or required affinity on
 //!   `eks.amazonaws.com/compute-type: fargate`) get no spot affinity, tolerations,
 //!   spread or `schedulerName`: Fargate's own scheduler places them.
+//! - DaemonSet pods and static pods' mirrors get none of those either: their node is
+//!   already chosen (the DaemonSet controller's required affinity on `metadata.name`, or
+//!   the kubelet), so a spot policy or another scheduler could only leave them Pending.
 //! - `spotkube.io/protection` (the resolved capacity) and `spotkube.io/mutated-by`.
 //! - `schedulerName` when configured and the pod still uses the default scheduler.
 //!
@@ -38,8 +41,15 @@ use spotkube_shared::policy::Policy;
 /// The scheduler name the API server defaults to.
 pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
 
-/// Labels that vary per revision of a workload; a spread selector must not pin one.
-const REVISION_LABELS: &[&str] = &["pod-template-hash", "controller-revision-hash"];
+/// Labels a spread selector must not copy from the pod: those that vary per revision
+/// (the spread covers old and new replicas during a rollout) and a StatefulSet's
+/// per-pod identity labels (kept, they would make the selector match this pod only).
+const NON_SELECTOR_LABELS: &[&str] = &[
+    "pod-template-hash",
+    "controller-revision-hash",
+    "statefulset.kubernetes.io/pod-name",
+    "apps.kubernetes.io/pod-index",
+];
 
 /// Owner kinds that run replicas of one pod template.
 const REPLICATED_OWNERS: &[&str] = &["ReplicaSet", "StatefulSet", "ReplicationController"];
@@ -190,9 +200,9 @@ pub fn mutate(pod: &Pod, policy: &Policy, config: &MutationConfig) -> Mutation {
     let mut out = pod.clone();
     let mut kinds = Vec::new();
     let mut warnings = Vec::new();
-    let fargate = is_fargate_bound(pod);
+    let placed_elsewhere = is_fargate_bound(pod) || spotkube_shared::pod::is_node_pinned(pod);
 
-    if !fargate {
+    if !placed_elsewhere {
         if add_spot_affinity(&mut out, policy.capacity, config, &mut warnings) {
             kinds.push(PatchKind::Affinity);
         }
@@ -363,7 +373,7 @@ fn add_spread(
         .labels
         .iter()
         .flatten()
-        .filter(|(k, _)| !REVISION_LABELS.contains(&k.as_str()))
+        .filter(|(k, _)| !NON_SELECTOR_LABELS.contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let spec = pod.spec.get_or_insert_with(Default::default);
@@ -685,6 +695,65 @@ mod tests {
         assert_eq!(spec.scheduler_name.as_deref(), Some("my-scheduler"));
         assert_eq!(spec.tolerations.unwrap().len(), 1);
         assert!(spec.topology_spread_constraints.is_none());
+    }
+
+    fn owned_by(kind: &str, name: &str) -> Option<Vec<OwnerReference>> {
+        Some(vec![OwnerReference {
+            api_version: "apps/v1".into(),
+            kind: kind.into(),
+            name: name.into(),
+            uid: "u".into(),
+            controller: Some(true),
+            ..Default::default()
+        }])
+    }
+
+    #[test]
+    fn daemonset_and_mirror_pods_get_annotations_only() {
+        let mut daemon = replicated_pod();
+        daemon.metadata.owner_references = owned_by("DaemonSet", "agent");
+        let mut mirror = replicated_pod();
+        mirror.metadata.owner_references = None;
+        mirror.metadata.annotations = Some(BTreeMap::from([(
+            spotkube_shared::pod::MIRROR_ANNOTATION.to_string(),
+            "hash".to_string(),
+        )]));
+        for pod in [daemon, mirror] {
+            for capacity in Capacity::ALL {
+                let m = mutate(&pod, &policy(*capacity, Spread::Zones), &config());
+                assert_eq!(m.kinds, vec![PatchKind::Annotations], "{capacity:?}");
+                let out = apply(&pod, &m);
+                assert_eq!(out.spec, pod.spec, "{capacity:?}: spec untouched");
+            }
+        }
+    }
+
+    #[test]
+    fn statefulset_spread_selects_every_replica() {
+        let mut pod = replicated_pod();
+        pod.metadata.owner_references = owned_by("StatefulSet", "db");
+        pod.metadata.labels = Some(BTreeMap::from(
+            [
+                ("app", "db"),
+                ("tier", "data"),
+                ("statefulset.kubernetes.io/pod-name", "db-2"),
+                ("apps.kubernetes.io/pod-index", "2"),
+                ("controller-revision-hash", "db-7c9f8d"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        ));
+        let m = mutate(
+            &pod,
+            &policy(Capacity::SpotPreferred, Spread::Zones),
+            &config(),
+        );
+        assert!(m.kinds.contains(&PatchKind::Spread));
+        let out = apply(&pod, &m);
+        assert_eq!(
+            serde_json::to_value(out.spec.unwrap().topology_spread_constraints.unwrap()).unwrap(),
+            json!([{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway",
+                    "labelSelector": {"matchLabels": {"app": "db", "tier": "data"}}}])
+        );
     }
 
     #[test]

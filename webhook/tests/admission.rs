@@ -165,6 +165,38 @@ async fn pod_annotations_override_the_namespace_and_bad_values_warn() {
     );
 }
 
+#[tokio::test]
+async fn daemonset_pods_keep_their_node_and_scheduler() {
+    let server = start(Options {
+        namespaces: vec![namespace(
+            "demo",
+            &[
+                ("spotkube.io/enabled", "true"),
+                ("spotkube.io/capacity", "spot-only"),
+            ],
+        )],
+        ..Options::default()
+    })
+    .await;
+    let mut request = fixture();
+    let object = &mut request["request"]["object"];
+    object["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "DaemonSet",
+        "name": "agent", "uid": "d5", "controller": true, "blockOwnerDeletion": true}]);
+    // What the DaemonSet controller sets: the one node this pod may run on.
+    object["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
+        {"nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["node-1"]}]}]}}});
+    let response = review(&server, &request).await;
+    let (pod, patch) = patched(&request, &response);
+    for op in &patch.0 {
+        assert!(
+            op.path().to_string().starts_with("/metadata/annotations"),
+            "{op:?}"
+        );
+    }
+    assert_eq!(pod["spec"], request["request"]["object"]["spec"]);
+    assert_eq!(pod["spec"]["schedulerName"], "default-scheduler");
+}
+
 async fn assert_unchanged(server: &common::Server, request: &Value) {
     let response = review(server, request).await;
     assert_eq!(response["response"]["uid"], request["request"]["uid"]);
