@@ -15,10 +15,7 @@ use spotkube_extender::server::{AppState, router};
 use spotkube_shared::extender_api::{ExtenderFilterResult, HostPriority};
 use spotkube_shared::ranking::{RankedType, Ranking, SCHEMA_VERSION};
 
-const FIXTURES: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/fixtures/extender"
-);
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/fixtures/extender");
 
 fn fixture(name: &str) -> Value {
     let text = std::fs::read_to_string(format!("{FIXTURES}/{name}")).unwrap();

@@ -78,10 +78,7 @@ pub type HostPriorityList = Vec<HostPriority>;
 mod tests {
     use super::*;
 
-    const FIXTURES: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/fixtures/extender"
-    );
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/fixtures/extender");
 
     fn fixture(name: &str) -> ExtenderArgs {
         let path = format!("{FIXTURES}/{name}");

@@ -70,11 +70,11 @@ impl EventKind {
     }
 }
 
-/// `$SPOTKUBE_FIXTURES`, else `<workspace>/../shared/fixtures`.
+/// `$SPOTKUBE_FIXTURES`, else `<workspace>/testdata/fixtures`.
 pub fn fixtures_dir() -> PathBuf {
     std::env::var_os("SPOTKUBE_FIXTURES")
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("../shared/fixtures"))
+        .unwrap_or_else(|| workspace_root().join("testdata/fixtures"))
 }
 
 /// The exact event AWS sends for `kind`, for `instance_id` at `time`: the fixture with its

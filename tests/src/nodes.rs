@@ -28,12 +28,12 @@ struct Snapshot {
     instance_specs: BTreeMap<String, InstanceSpec>,
 }
 
-/// The price snapshot's path: `$SPOTKUBE_PRICE_SNAPSHOT`, else `<workspace>/../shared/data/`.
+/// The price snapshot's path: `$SPOTKUBE_PRICE_SNAPSHOT`, else `<workspace>/testdata/data/`.
 pub fn price_snapshot_path() -> PathBuf {
     std::env::var_os("SPOTKUBE_PRICE_SNAPSHOT")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            crate::tools::workspace_root().join("../shared/data/aws-price-snapshot.json")
+            crate::tools::workspace_root().join("testdata/data/aws-price-snapshot.json")
         })
 }
 

@@ -9,7 +9,7 @@
 set -euo pipefail
 
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
-fixture="${1:-$repo/../shared/fixtures/admission/pod-create-from-deployment.json}"
+fixture="${1:-$repo/testdata/fixtures/admission/pod-create-from-deployment.json}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/spotkube/target}"
 PATH="$HOME/.cache/spotkube/tools/bin:$PATH"
 DURATION="${DURATION:-15s}"

@@ -261,7 +261,7 @@ mod tests {
     async fn table_lists_every_zone_and_rank() {
         let snapshot = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/data/aws-price-snapshot.json"
+            "/../testdata/data/aws-price-snapshot.json"
         );
         let args = parse(&["--source", "snapshot", "--top", "2", "--snapshot", snapshot]);
         let source = args.source().await.unwrap();

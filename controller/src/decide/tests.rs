@@ -6,19 +6,19 @@ use std::time::Duration;
 
 const SPOT: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/fixtures/events/spot-interruption-warning.json"
+    "/../testdata/fixtures/events/spot-interruption-warning.json"
 ));
 const REBALANCE: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/fixtures/events/rebalance-recommendation.json"
+    "/../testdata/fixtures/events/rebalance-recommendation.json"
 ));
 const STATE: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/fixtures/events/instance-state-change.json"
+    "/../testdata/fixtures/events/instance-state-change.json"
 ));
 const HEALTH: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/fixtures/events/health-scheduled-change.json"
+    "/../testdata/fixtures/events/health-scheduled-change.json"
 ));
 
 fn now() -> Timestamp {

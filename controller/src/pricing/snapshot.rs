@@ -167,7 +167,7 @@ mod tests {
 
     pub const SNAPSHOT: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/data/aws-price-snapshot.json"
+        "/../testdata/data/aws-price-snapshot.json"
     );
 
     #[test]

@@ -4,7 +4,7 @@ use super::*;
 
 fn fixture(name: &str) -> String {
     let path = format!(
-        "{}/../../shared/fixtures/events/{name}",
+        "{}/../testdata/fixtures/events/{name}",
         env!("CARGO_MANIFEST_DIR")
     );
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))

@@ -17,13 +17,13 @@ use spotkube_webhook::metrics::Metrics;
 use spotkube_webhook::mutate::MutationConfig;
 use spotkube_webhook::namespaces::NamespaceCache;
 
-/// The captured Pod CREATE, from `shared/` beside the workspace (`SPOTKUBE_SHARED_DIR`
+/// The captured Pod CREATE, from the repository's `testdata/` (`SPOTKUBE_TESTDATA_DIR`
 /// overrides where that is).
 pub fn fixture() -> PathBuf {
-    let shared = std::env::var_os("SPOTKUBE_SHARED_DIR")
+    let testdata = std::env::var_os("SPOTKUBE_TESTDATA_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
-    shared.join("fixtures/admission/pod-create-from-deployment.json")
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata"));
+    testdata.join("fixtures/admission/pod-create-from-deployment.json")
 }
 
 /// A development CA that signs serving certificates for 127.0.0.1.
