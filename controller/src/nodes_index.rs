@@ -40,11 +40,10 @@ fn is_marked(node: &Node) -> bool {
         .is_some_and(|a| a.contains_key(spotkube_shared::annotations::INTERRUPTION))
 }
 
-fn instance_of(node: &Node) -> Option<(String, String)> {
-    let name = node.metadata.name.clone()?;
+/// The EC2 instance behind `node`, from its providerID.
+fn instance_of(node: &Node) -> Option<String> {
     let provider_id = node.spec.as_ref()?.provider_id.as_deref()?;
-    let id = provider_id.parse::<ProviderId>().ok()?;
-    Some((id.instance_id, name))
+    Some(provider_id.parse::<ProviderId>().ok()?.instance_id)
 }
 
 impl Index {
@@ -119,7 +118,7 @@ impl WatchIndex<Node> for NodesIndex {
     fn entry(&self, node: &Node) -> Option<NodeEntry> {
         Some(NodeEntry {
             name: node.metadata.name.clone()?,
-            instance: instance_of(node).map(|(instance, _)| instance),
+            instance: instance_of(node),
             marked: is_marked(node),
         })
     }

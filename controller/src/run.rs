@@ -64,7 +64,7 @@ pub async fn run(args: RunArgs, admin_listen: SocketAddr) -> Result<()> {
         }
     });
     let nodes = NodesIndex::default();
-    process.spawn(nodes.clone().run(client.clone(), nodes_synced.clone()));
+    let index_watch = process.spawn(nodes.clone().run(client.clone(), nodes_synced.clone()));
 
     let sqs = aws_sdk_sqs::Client::new(
         &crate::aws::sdk_config(args.ranking.region.clone(), args.aws_disable_retries).await,
@@ -92,13 +92,10 @@ pub async fn run(args: RunArgs, admin_listen: SocketAddr) -> Result<()> {
     )
     .await;
     tracing::info!("shutting down");
+    // The admin server drains on `stop`; the index watch never ends on its own.
     stop.cancel();
-    // The index watch never ends on its own; the admin server drains.
-    while let Some(task) = process.join_next().await {
-        if task.is_ok() {
-            process.abort_all();
-        }
-    }
+    index_watch.abort();
+    while process.join_next().await.is_some() {}
     result
 }
 
