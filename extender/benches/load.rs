@@ -13,7 +13,7 @@ use prometheus_client::registry::Registry;
 use serde_json::json;
 use spotkube_extender::cache::Cluster;
 use spotkube_extender::metrics::Metrics;
-use spotkube_extender::server::{AppState, router};
+use spotkube_extender::server::{AppState, Limits, router};
 use spotkube_shared::ranking::{RankedType, Ranking, SCHEMA_VERSION};
 
 const NODES: usize = 5000;
@@ -143,7 +143,11 @@ async fn main() {
             cluster: cluster.clone(),
             metrics,
         },
-        64 << 20,
+        // Full Node objects are part of the load.
+        Limits {
+            max_body_bytes: 64 << 20,
+            ..Limits::default()
+        },
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -67,6 +67,8 @@ pub struct Metrics {
     pub request_seconds: HistogramFamily,
     pub request_nodes: HistogramFamily,
     pub bad_requests: Family<VerbLabels, Counter>,
+    /// Calls answered 503 because `--max-concurrent-requests` were in flight.
+    pub overloaded: Counter,
     pub filtered_nodes: Family<ReasonLabels, Counter>,
     /// Prioritize calls answered with neutral scores because no ranking is loaded.
     pub no_ranking: Counter,
@@ -91,6 +93,7 @@ impl Metrics {
             request_seconds: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             request_nodes: Family::new_with_constructor(nodes_histogram as fn() -> Histogram),
             bad_requests: Family::default(),
+            overloaded: Counter::default(),
             filtered_nodes: Family::default(),
             no_ranking: Counter::default(),
             ranking_loaded: Gauge::default(),
@@ -112,6 +115,11 @@ impl Metrics {
             "bad_requests",
             "Calls answered 400 (body is not ExtenderArgs)",
             m.bad_requests.clone(),
+        );
+        r.register(
+            "overloaded_requests",
+            "Calls answered 503 because --max-concurrent-requests were in flight",
+            m.overloaded.clone(),
         );
         r.register(
             "filtered_nodes",

@@ -44,6 +44,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         readiness.gate("ranking watch"),
     ));
 
+    // Loaded before the admin port starts, so its metrics are registered; the extender
+    // does not start without a certificate it was told to serve.
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let reloading = ReloadingCert::load(cert, key)?;
+            reloading.register_metrics(registry.sub_registry_with_prefix("spotkube_extender"));
+            Some(reloading)
+        }
+        _ => None,
+    };
+
     let admin_router = admin::router(Arc::new(registry), readiness);
     let admin = tokio::spawn(admin::serve(
         args.admin_listen,
@@ -51,25 +62,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         telemetry::shutdown_signal(),
     ));
 
-    let app = router(AppState { cluster, metrics }, args.max_body_bytes);
+    let app = router(AppState { cluster, metrics }, args.limits());
     let handle = axum_server::Handle::new();
     let shutdown = handle.clone();
     tokio::spawn(async move {
         telemetry::shutdown_signal().await;
         shutdown.graceful_shutdown(Some(Duration::from_secs(10)));
     });
-    match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => {
+    match tls {
+        Some(reloading) => {
             // Reloads on Secret updates (the `..data` symlink swap) without a restart.
-            let reloading = ReloadingCert::load(cert, key)?;
-            let _watch = reloading.watch(Duration::from_secs(60))?;
+            let _watch = reloading.watch(args.tls_recheck)?;
             tracing::info!(addr = %args.listen, "extender listening (TLS)");
             axum_server::bind_rustls(args.listen, reloading.axum_config())
                 .handle(handle)
                 .serve(app.into_make_service())
                 .await?;
         }
-        _ => {
+        None => {
             tracing::info!(addr = %args.listen, "extender listening (plain HTTP)");
             axum_server::bind(args.listen)
                 .handle(handle)

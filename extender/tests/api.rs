@@ -11,7 +11,7 @@ use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use spotkube_extender::cache::Cluster;
 use spotkube_extender::metrics::Metrics;
-use spotkube_extender::server::{AppState, router};
+use spotkube_extender::server::{AppState, DEFAULT_MAX_CONCURRENT_REQUESTS, Limits, router};
 use spotkube_shared::extender_api::{ExtenderFilterResult, HostPriority};
 use spotkube_shared::ranking::{RankedType, Ranking, SCHEMA_VERSION};
 
@@ -34,8 +34,18 @@ struct Server {
     scheme: &'static str,
 }
 
+/// Room for the 5,000 full Node objects of `five_thousand_nodes_in_both_modes`.
+const FULL_OBJECTS: Limits = Limits {
+    max_body_bytes: 64 << 20,
+    max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
+};
+
 impl Server {
     async fn start() -> Server {
+        Server::start_with(FULL_OBJECTS).await
+    }
+
+    async fn start_with(limits: Limits) -> Server {
         spotkube_shared::telemetry::install_crypto_provider();
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
@@ -45,7 +55,7 @@ impl Server {
                 cluster: cluster.clone(),
                 metrics,
             },
-            64 << 20,
+            limits,
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -421,6 +431,103 @@ async fn five_thousand_nodes_in_both_modes() {
     assert_eq!(from_names["node-00004"], 2);
 }
 
+/// The defaults are sized for node names (`nodeCacheCapable: true`): 5,000 of the
+/// longest names with a 3 MiB Pod pass; 5,000 full Node objects are refused with 413.
+#[tokio::test]
+async fn default_body_limit_fits_five_thousand_longest_names_but_not_full_objects() {
+    use clap::Parser as _;
+    let defaults = spotkube_extender::Args::try_parse_from(["spotkube-extender"])
+        .unwrap()
+        .limits();
+    let server = Server::start_with(defaults).await;
+    let mut pod = fixture("filter-node-names.json")["Pod"].clone();
+    // The largest Pod the API server accepts: a 3 MiB request body.
+    pod["metadata"]["annotations"] =
+        json!({"example.com/bulk": "x".repeat(3 * 1024 * 1024 - 4096)});
+    // Node names are DNS subdomains: at most 253 characters.
+    let names: Vec<String> = (0..5000)
+        .map(|i| format!("{i:05}-{}", "a".repeat(247)))
+        .collect();
+    assert_eq!(names[0].len(), 253);
+    let by_names = json!({"Pod": pod, "Nodes": null, "NodeNames": names}).to_string();
+    assert!(by_names.len() > 4 << 20, "{} bytes", by_names.len());
+    let (status, body) = server.post("filter", by_names).await;
+    assert_eq!(status, 200, "{body}");
+
+    let pod = fixture("filter-node-names.json")["Pod"].clone();
+    let by_objects = json!({"Pod": pod, "Nodes": {"metadata": {}, "items": generated_nodes(5000)}, "NodeNames": null});
+    let (status, _) = server.post("filter", by_objects.to_string()).await;
+    assert_eq!(
+        status, 413,
+        "full Node objects need a raised --max-body-bytes"
+    );
+}
+
+/// A call beyond `--max-concurrent-requests` is refused at once (503, Retry-After), and
+/// counted; the call in flight is unaffected and the next one after it is served.
+#[tokio::test]
+async fn calls_beyond_the_concurrency_limit_are_refused_with_503() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let server = Server::start_with(Limits {
+        max_concurrent_requests: 1,
+        ..FULL_OBJECTS
+    })
+    .await;
+    server.cluster.replace_nodes(&fixture_nodes());
+    let body = fixture("filter-node-names.json").to_string();
+    let url = format!("http://{}/filter", server.addr);
+
+    // A call whose body is only half sent holds the one permit.
+    let (head, tail) = body.split_at(body.len() / 2);
+    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(
+        format!(
+            "POST /filter HTTP/1.1\r\nhost: extender\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{head}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let refused = loop {
+        let resp = server
+            .http
+            .post(&url)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 503 {
+            break resp;
+        }
+        // The slow call's headers were not read yet.
+        assert_eq!(resp.status(), 200);
+        assert!(tokio::time::Instant::now() < deadline, "never refused");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(refused.headers()["retry-after"], "1");
+    assert_eq!(
+        refused.text().await.unwrap(),
+        "too many concurrent requests\n"
+    );
+    assert!(
+        server
+            .metrics()
+            .contains("spotkube_extender_overloaded_requests_total 1"),
+        "{}",
+        server.metrics()
+    );
+
+    slow.write_all(tail.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    slow.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"NodeNames\""), "{answer}");
+    let (status, _) = server.post("filter", body).await;
+    assert_eq!(status, 200, "the permit is back");
+}
+
 #[tokio::test]
 async fn serves_over_tls_with_the_reloading_certificate() {
     spotkube_shared::telemetry::install_crypto_provider();
@@ -435,7 +542,7 @@ async fn serves_over_tls_with_the_reloading_certificate() {
     let metrics = Metrics::register(&mut registry);
     let cluster = Cluster::new(None);
     cluster.replace_nodes(&fixture_nodes());
-    let app = router(AppState { cluster, metrics }, 64 << 20);
+    let app = router(AppState { cluster, metrics }, FULL_OBJECTS);
     let handle = axum_server::Handle::new();
     let server = axum_server::bind_rustls(
         "127.0.0.1:0".parse::<SocketAddr>().unwrap(),

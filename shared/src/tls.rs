@@ -8,15 +8,21 @@
 //! does not load (half-written file, key/cert mismatch) is rejected: the last good one
 //! keeps serving and the failure is logged and counted. Existing connections keep the
 //! session they negotiated; only new handshakes see the new certificate.
+//!
+//! [`ReloadingCert::register_metrics`] exports the reloads, the failed reloads and the
+//! expiry of the certificate being served, so a rotation that keeps failing is seen
+//! before the old certificate expires.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use rustls::ServerConfig;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -33,6 +39,8 @@ pub enum TlsError {
     },
     #[error("{path}: no PEM certificate found")]
     NoCertificate { path: PathBuf },
+    #[error("{path}: not an X.509 certificate: {reason}")]
+    X509 { path: PathBuf, reason: String },
     #[error("{path}: invalid PEM: {source}")]
     Pem {
         path: PathBuf,
@@ -56,8 +64,10 @@ pub struct ReloadingCert {
     cert_path: PathBuf,
     key_path: PathBuf,
     current: ArcSwap<Loaded>,
-    reloads: AtomicU64,
-    failures: AtomicU64,
+    reloads: Counter,
+    failures: Counter,
+    /// notAfter of the served end-entity certificate, unix seconds.
+    expiry: Gauge,
 }
 
 struct Loaded {
@@ -81,6 +91,17 @@ pub fn load_certified_key(cert_path: &Path, key_path: &Path) -> Result<Certified
     let cert_pem = read(cert_path)?;
     let key_pem = read(key_path)?;
     parse_certified_key(cert_path, &cert_pem, key_path, &key_pem)
+}
+
+/// The end-entity certificate's notAfter, unix seconds.
+pub fn expiry_unix_seconds(cert_path: &Path, key: &CertifiedKey) -> Result<i64, TlsError> {
+    let invalid = |reason: String| TlsError::X509 {
+        path: cert_path.to_path_buf(),
+        reason,
+    };
+    let der = key.end_entity_cert().map_err(|e| invalid(e.to_string()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| invalid(e.to_string()))?;
+    Ok(cert.validity().not_after.timestamp())
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -133,6 +154,8 @@ impl ReloadingCert {
         let cert_pem = read(&cert_path)?;
         let key_pem = read(&key_path)?;
         let key = parse_certified_key(&cert_path, &cert_pem, &key_path, &key_pem)?;
+        let expiry = Gauge::default();
+        expiry.set(expiry_unix_seconds(&cert_path, &key)?);
         Ok(Arc::new(ReloadingCert {
             cert_path,
             key_path,
@@ -141,9 +164,31 @@ impl ReloadingCert {
                 key_pem,
                 key: Arc::new(key),
             }),
-            reloads: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
+            reloads: Counter::default(),
+            failures: Counter::default(),
+            expiry,
         }))
+    }
+
+    /// Registers, in `registry` (give it the program's prefix):
+    /// `tls_certificate_reloads_total`, `tls_certificate_reload_failures_total` and
+    /// `tls_certificate_expiry_seconds` (notAfter of the certificate being served).
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        registry.register(
+            "tls_certificate_reloads",
+            "New serving certificates swapped in after a change on disk",
+            self.reloads.clone(),
+        );
+        registry.register(
+            "tls_certificate_reload_failures",
+            "Serving certificate reloads that failed (the last good certificate kept serving)",
+            self.failures.clone(),
+        );
+        registry.register(
+            "tls_certificate_expiry_seconds",
+            "Expiry (notAfter) of the serving certificate being served, unix seconds",
+            self.expiry.clone(),
+        );
     }
 
     /// Re-reads the files. `Ok(true)` when a new certificate is now served, `Ok(false)`
@@ -157,21 +202,23 @@ impl ReloadingCert {
                 return Ok(false);
             }
             let key = parse_certified_key(&self.cert_path, &cert_pem, &self.key_path, &key_pem)?;
+            let expiry = expiry_unix_seconds(&self.cert_path, &key)?;
             self.current.store(Arc::new(Loaded {
                 cert_pem,
                 key_pem,
                 key: Arc::new(key),
             }));
+            self.expiry.set(expiry);
             Ok(true)
         })();
         match &result {
             Ok(true) => {
-                self.reloads.fetch_add(1, Ordering::Relaxed);
+                self.reloads.inc();
                 tracing::info!(cert = %self.cert_path.display(), "serving certificate reloaded");
             }
             Ok(false) => {}
             Err(e) => {
-                self.failures.fetch_add(1, Ordering::Relaxed);
+                self.failures.inc();
                 tracing::warn!(error = %e, "serving certificate not reloaded; keeping the last good one");
             }
         }
@@ -185,12 +232,17 @@ impl ReloadingCert {
 
     /// How many times a new certificate was swapped in.
     pub fn reload_count(&self) -> u64 {
-        self.reloads.load(Ordering::Relaxed)
+        self.reloads.get()
     }
 
     /// How many reloads failed (the last good certificate kept serving).
     pub fn failure_count(&self) -> u64 {
-        self.failures.load(Ordering::Relaxed)
+        self.failures.get()
+    }
+
+    /// notAfter of the certificate being served, unix seconds.
+    pub fn expiry(&self) -> i64 {
+        self.expiry.get()
     }
 
     /// A rustls server config (TLS 1.2 and 1.3, ALPN h2 + http/1.1) that resolves its
@@ -325,6 +377,74 @@ mod tests {
         assert!(reloading.reload().unwrap());
         assert_ne!(reloading.current_chain(), first);
         assert_eq!(reloading.reload_count(), 1);
+    }
+
+    /// A self-signed pair for `name` that expires at midnight UTC on `expires`.
+    fn write_expiring(dir: &Path, name: &str, expires: (i32, u8, u8)) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(expires.0, expires.1, expires.2);
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.join("tls.crt"), cert.pem()).unwrap();
+        std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
+    }
+
+    fn scrape(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn metrics_show_failed_reloads_and_the_expiry_of_the_served_certificate() {
+        crate::telemetry::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        write_expiring(dir.path(), "a.test", (2031, 5, 6));
+        let reloading =
+            ReloadingCert::load(dir.path().join("tls.crt"), dir.path().join("tls.key")).unwrap();
+        let mut registry = Registry::default();
+        reloading.register_metrics(registry.sub_registry_with_prefix("spotkube_test"));
+        // 2031-05-06T00:00:00Z
+        assert_eq!(reloading.expiry(), 1_935_792_000);
+        let text = scrape(&registry);
+        assert!(
+            text.contains("spotkube_test_tls_certificate_expiry_seconds 1935792000"),
+            "{text}"
+        );
+        assert!(
+            text.contains("spotkube_test_tls_certificate_reload_failures_total 0"),
+            "{text}"
+        );
+
+        // A broken rotation: counted, and the expiry stays the served certificate's.
+        std::fs::write(dir.path().join("tls.crt"), "not pem").unwrap();
+        assert!(reloading.reload().is_err());
+        let text = scrape(&registry);
+        assert!(
+            text.contains("spotkube_test_tls_certificate_reload_failures_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("spotkube_test_tls_certificate_expiry_seconds 1935792000"),
+            "{text}"
+        );
+
+        write_expiring(dir.path(), "b.test", (2032, 1, 2));
+        assert!(reloading.reload().unwrap());
+        let text = scrape(&registry);
+        // 2032-01-02T00:00:00Z
+        assert!(
+            text.contains("spotkube_test_tls_certificate_expiry_seconds 1956614400"),
+            "{text}"
+        );
+        assert!(
+            text.contains("spotkube_test_tls_certificate_reloads_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("spotkube_test_tls_certificate_reload_failures_total 1"),
+            "{text}"
+        );
     }
 
     #[test]

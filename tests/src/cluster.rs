@@ -112,6 +112,33 @@ impl Cluster {
         })
     }
 
+    /// The kube-apiserver's own `/metrics` (Prometheus text), read as the admin user:
+    /// e.g. `apiserver_admission_webhook_fail_open_count{name=...,type="admit"}`.
+    pub async fn apiserver_metrics(&self) -> Result<String, RigError> {
+        let http_err = |e: reqwest::Error| RigError::Http(e.to_string());
+        let ca = reqwest::Certificate::from_pem(self.pki.ca.files.cert_pem.as_bytes())
+            .map_err(http_err)?;
+        let admin = &self.pki.admin;
+        let identity =
+            reqwest::Identity::from_pem(format!("{}{}", admin.cert_pem, admin.key_pem).as_bytes())
+                .map_err(http_err)?;
+        let http = reqwest::Client::builder()
+            .use_rustls_tls()
+            .add_root_certificate(ca)
+            .identity(identity)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(http_err)?;
+        let resp = http
+            .get(format!("{}/metrics", self.server))
+            .send()
+            .await
+            .map_err(http_err)?
+            .error_for_status()
+            .map_err(http_err)?;
+        resp.text().await.map_err(http_err)
+    }
+
     /// Appends the log directory to an error, so a failed start says where to look.
     pub fn annotate(&self, error: RigError) -> RigError {
         match error {

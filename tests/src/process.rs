@@ -272,6 +272,15 @@ impl Managed {
         }
     }
 
+    /// SIGTERM only, without waiting: for tests of what a program does while it shuts
+    /// down (poll [`Managed::exited`]). Dropping the handle still stops it.
+    pub fn terminate(&self) {
+        if let Some(child) = &self.child {
+            // SAFETY: signalling our own child, not yet reaped (we hold it).
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        }
+    }
+
     /// SIGTERM, then SIGKILL after `grace`.
     pub fn stop(&mut self, grace: Duration) {
         let Some(mut child) = self.child.take() else {

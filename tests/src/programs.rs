@@ -19,6 +19,28 @@ use crate::ports::free_addr;
 use crate::process::{Managed, Spec};
 use crate::tools::program_binary;
 
+/// The webhook's drain window after SIGTERM in tests (the shipped default is 10 s): short,
+/// so a dropped [`Program`] exits within its stop grace.
+pub const WEBHOOK_TEST_DRAIN: Duration = Duration::from_millis(300);
+
+/// What the API server does when a webhook does not answer (`failurePolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// The request fails: what the rig uses, so a broken webhook fails the test.
+    Fail,
+    /// The object is admitted unmutated: what spotkube ships.
+    Ignore,
+}
+
+impl FailurePolicy {
+    fn as_str(self) -> &'static str {
+        match self {
+            FailurePolicy::Fail => "Fail",
+            FailurePolicy::Ignore => "Ignore",
+        }
+    }
+}
+
 /// A running spotkube program. Stopped (SIGTERM, then SIGKILL) when dropped.
 #[derive(Debug)]
 pub struct Program {
@@ -189,13 +211,21 @@ impl Cluster {
         Ok(program)
     }
 
-    /// `spotkube-webhook` over TLS (cluster CA), ready to be registered.
+    /// `spotkube-webhook` over TLS (cluster CA), ready to be registered. Its drain
+    /// window after SIGTERM is [`WEBHOOK_TEST_DRAIN`] unless `options` set one.
     pub async fn start_webhook(&self, options: ProgramOptions) -> Result<Program, RigError> {
+        let mut env = vec![(
+            "SPOTKUBE_SHUTDOWN_DRAIN".to_string(),
+            format!("{}ms", WEBHOOK_TEST_DRAIN.as_millis()),
+        )];
+        // Later entries win: the caller's env, then its `--shutdown-drain` flag.
+        env.extend(options.env);
         self.start_program(
             "webhook",
             ProgramOptions {
                 tls: true,
                 listen: true,
+                env,
                 ..options
             },
         )
@@ -237,25 +267,39 @@ impl Cluster {
         webhook: &Program,
         namespace: &str,
     ) -> Result<(), RigError> {
-        let tls = webhook
-            .tls
-            .as_ref()
-            .ok_or_else(|| RigError::Certs("the webhook must serve TLS".into()))?;
-        let _ = tls;
+        self.register_webhook_with(name, webhook, namespace, FailurePolicy::Fail)
+            .await
+            .map(|_| ())
+    }
+
+    /// [`Cluster::register_webhook`] with a chosen `failurePolicy`. Returns the webhook's
+    /// name, `<namespace>.pods.spotkube.io`: the `name` label of the API server's
+    /// admission webhook metrics.
+    pub async fn register_webhook_with(
+        &self,
+        name: &str,
+        webhook: &Program,
+        namespace: &str,
+        failure_policy: FailurePolicy,
+    ) -> Result<String, RigError> {
+        if webhook.tls.is_none() {
+            return Err(RigError::Certs("the webhook must serve TLS".into()));
+        }
+        let webhook_name = format!("{namespace}.pods.spotkube.io");
         let config = MutatingWebhookConfiguration {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 ..Default::default()
             },
             webhooks: Some(vec![MutatingWebhook {
-                name: "pods.spotkube.io".into(),
+                name: webhook_name.clone(),
                 admission_review_versions: vec!["v1".into()],
                 client_config: WebhookClientConfig {
                     url: Some(format!("{}/mutate", webhook.url())),
                     ca_bundle: Some(ByteString(self.pki.ca.files.cert_pem.clone().into_bytes())),
                     service: None,
                 },
-                failure_policy: Some("Fail".into()),
+                failure_policy: Some(failure_policy.as_str().into()),
                 side_effects: "None".into(),
                 timeout_seconds: Some(5),
                 reinvocation_policy: Some("IfNeeded".into()),
@@ -286,6 +330,6 @@ impl Cluster {
             .map_err(|e| {
                 RigError::Kube(format!("create MutatingWebhookConfiguration {name}: {e}"))
             })?;
-        Ok(())
+        Ok(webhook_name)
     }
 }

@@ -371,3 +371,76 @@ async fn full_object_scenario(cluster: &Cluster, test: &TestNamespace) -> anyhow
     }
     Ok(())
 }
+
+/// The scheduler's `enableHTTPS` with `tlsConfig.caFile`: the extender serves its API
+/// over TLS from a cluster-CA-signed certificate (reloading, its expiry on `/metrics`),
+/// and a non-ignorable extender entry schedules every pod through it.
+#[tokio::test]
+async fn scheduler_calls_the_extender_over_tls() -> anyhow::Result<()> {
+    let cluster = Cluster::shared().await?;
+    let test = cluster.namespace("extender-tls").await?;
+    test.report(tls_scenario(cluster, &test).await)
+}
+
+async fn tls_scenario(cluster: &Cluster, test: &TestNamespace) -> anyhow::Result<()> {
+    const TLS_SCHEDULER: &str = "spotkube-scheduler-tls";
+    let client = test.client.clone();
+    let pool = test.name.clone();
+    for zone in ZONES {
+        FakeNode::spot("m7g.large", zone)
+            .with_label("spotkube.test/pool", &pool)
+            .create(&client)
+            .await?;
+    }
+    wait_for_schedulable_nodes(
+        &client,
+        &format!("spotkube.test/pool={pool}"),
+        3,
+        Duration::from_secs(60),
+    )
+    .await?;
+    let extender = cluster
+        .start_extender(ProgramOptions {
+            tls: true,
+            ..Default::default()
+        })
+        .await?;
+    anyhow::ensure!(extender.url().starts_with("https://"), "{}", extender.url());
+    let metrics = extender.metrics().await?;
+    anyhow::ensure!(
+        metrics.contains("spotkube_extender_tls_certificate_expiry_seconds ")
+            && metrics.contains("spotkube_extender_tls_certificate_reload_failures_total 0"),
+        "certificate metrics exported:\n{metrics}"
+    );
+
+    let mut config = ExtenderConfig::spotkube(extender.url());
+    config.ca_file = Some(cluster.pki.ca.files.cert.clone());
+    config.ignorable = false;
+    let _scheduler = cluster.start_scheduler(TLS_SCHEDULER, &[config]).await?;
+
+    let mut deployment =
+        workloads::with_node_selector(workloads::deployment("web", 3), "spotkube.test/pool", &pool);
+    if let Some(spec) = deployment
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.spec.as_mut())
+    {
+        spec.scheduler_name = Some(TLS_SCHEDULER.into());
+    }
+    Api::<Deployment>::namespaced(client.clone(), &test.name)
+        .create(&PostParams::default(), &deployment)
+        .await?;
+    scheduled_pods(&client, &test.name, 3).await?;
+    let calls: f64 = extender
+        .metrics()
+        .await?
+        .lines()
+        .filter(|l| {
+            l.starts_with("spotkube_extender_request_duration_seconds_count")
+                && l.contains("verb=\"filter\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    anyhow::ensure!(calls >= 3.0, "filter calls over TLS: {calls}");
+    Ok(())
+}

@@ -47,6 +47,10 @@ pub struct Args {
     /// Topology key for `spotkube.io/spread: capacity-types`.
     #[arg(long, env = "SPOTKUBE_CAPACITY_TOPOLOGY_KEY", default_value = spotkube_shared::labels::KARPENTER_CAPACITY_TYPE)]
     pub capacity_topology_key: String,
+    /// On SIGTERM: report not ready at once and keep answering this long, while the API
+    /// servers stop calling this replica; then finish in-flight requests and exit.
+    #[arg(long, env = "SPOTKUBE_SHUTDOWN_DRAIN", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_drain: Duration,
     /// Largest AdmissionReview body accepted (bytes); larger → 413.
     #[arg(long, env = "SPOTKUBE_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
@@ -99,6 +103,7 @@ mod tests {
         assert_eq!(args.admin_listen.port(), 8080);
         assert_eq!(args.tls_recheck, Duration::from_secs(60));
         assert_eq!(args.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        assert_eq!(args.shutdown_drain, Duration::from_secs(10));
         let config = args.mutation_config();
         let default = MutationConfig::default();
         assert_eq!(config.spot_labels, default.spot_labels);

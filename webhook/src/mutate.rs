@@ -3,11 +3,15 @@
 //!
 //! Rules (see DESIGN.md, "The user-facing contract"):
 //! - spot node affinity: preferred terms (one per configured spot label, configured
-//!   weight) for `spot-preferred`, required terms for `spot-only`, none for `on-demand`.
-//!   The user's own terms are never removed or rewritten. Because required
-//!   `nodeSelectorTerms` are ORed, adding a spot term next to the user's would *widen*
-//!   their constraint; so `spot-only` on a pod that already has required terms gets the
-//!   spot terms as preferred instead, with a warning.
+//!   weight) for `spot-preferred`, required terms for `spot-only`, and for `on-demand` a
+//!   required `NotIn` per spot label, so the pod stays off spot even when the (ignorable)
+//!   extender is down, slow or skipped. The user's own terms are never removed. Because
+//!   required `nodeSelectorTerms` are ORed, adding a term next to the user's would
+//!   *widen* their constraint; so `spot-only` on a pod that already has required terms
+//!   gets the spot terms as preferred instead, with a warning, and `on-demand`'s `NotIn`
+//!   expressions are ANDed into every existing term. A pod whose own node selector or
+//!   required terms ask for spot contradicts `on-demand`: it is left as it is, with a
+//!   warning.
 //! - tolerations for the configured spot taints, each added only when not present.
 //! - one `topologySpreadConstraint` (zones or capacity types, `ScheduleAnyway`) when the
 //!   pod belongs to a replicated workload and has no constraint on that key already.
@@ -272,7 +276,7 @@ fn add_spot_affinity(
         return false;
     }
     let required = match capacity {
-        Capacity::OnDemand => return false,
+        Capacity::OnDemand => return exclude_spot(pod, config, warnings),
         Capacity::SpotPreferred => false,
         Capacity::SpotOnly => {
             let ours: Vec<NodeSelectorTerm> = config
@@ -330,6 +334,80 @@ fn add_spot_affinity(
         }
     }
     changed
+}
+
+/// `on-demand`: ANDs a `NotIn` requirement per spot label into every required term (or
+/// into a new one when the pod has none); true when something was added. Nothing is
+/// added, with a warning, when the pod itself requires spot: the exclusion would make it
+/// unschedulable, or quietly drop the user's spot choice.
+fn exclude_spot(pod: &mut Pod, config: &MutationConfig, warnings: &mut Vec<String>) -> bool {
+    if let Some(conflict) = spot_required_by_user(pod, config) {
+        warnings.push(format!(
+            "{}: on-demand is not enforced by node affinity because the pod's own {conflict} requires spot capacity; only spotkube's scheduler extender keeps it off spot nodes",
+            annotations::CAPACITY
+        ));
+        return false;
+    }
+    let exclusions: Vec<NodeSelectorRequirement> = config
+        .spot_labels
+        .iter()
+        .map(|(key, value)| NodeSelectorRequirement {
+            key: key.clone(),
+            operator: "NotIn".to_string(),
+            values: Some(vec![value.clone()]),
+        })
+        .collect();
+    let selector = node_affinity(pod)
+        .required_during_scheduling_ignored_during_execution
+        .get_or_insert_with(NodeSelector::default);
+    if selector.node_selector_terms.is_empty() {
+        selector
+            .node_selector_terms
+            .push(NodeSelectorTerm::default());
+    }
+    let mut changed = false;
+    for term in &mut selector.node_selector_terms {
+        let expressions = term.match_expressions.get_or_insert_with(Vec::new);
+        for exclusion in &exclusions {
+            if !expressions.contains(exclusion) {
+                expressions.push(exclusion.clone());
+                changed = true;
+            }
+        }
+    }
+    changed
+}
+
+/// Where the pod itself asks for spot capacity, if it does: its `nodeSelector` on a spot
+/// label, or a required term whose `In` on a spot label's key admits spot values only.
+fn spot_required_by_user(pod: &Pod, config: &MutationConfig) -> Option<String> {
+    let is_spot = |key: &str, value: &str| {
+        config
+            .spot_labels
+            .iter()
+            .any(|(k, v)| k == key && v == value)
+    };
+    let selector = pod.spec.as_ref().and_then(|s| s.node_selector.as_ref());
+    for (key, value) in selector.into_iter().flatten() {
+        if is_spot(key, value) {
+            return Some(format!("nodeSelector {key}={value}"));
+        }
+    }
+    required_terms(pod).iter().find_map(|term| {
+        term.match_expressions.iter().flatten().find_map(|e| {
+            let values = e.values.as_deref().unwrap_or_default();
+            let only_spot = e.operator == "In"
+                && !values.is_empty()
+                && values.iter().all(|v| is_spot(&e.key, v));
+            only_spot.then(|| {
+                format!(
+                    "required node affinity {} In [{}]",
+                    e.key,
+                    values.join(", ")
+                )
+            })
+        })
+    })
 }
 
 fn tolerates(existing: &Toleration, wanted: &Toleration) -> bool {
@@ -631,29 +709,183 @@ mod tests {
         );
     }
 
+    fn required(pod: &Pod) -> Option<Vec<NodeSelectorTerm>> {
+        let na = pod
+            .spec
+            .as_ref()?
+            .affinity
+            .as_ref()?
+            .node_affinity
+            .as_ref()?;
+        Some(
+            na.required_during_scheduling_ignored_during_execution
+                .as_ref()?
+                .node_selector_terms
+                .clone(),
+        )
+    }
+
+    fn requirement(key: &str, operator: &str, values: &[&str]) -> NodeSelectorRequirement {
+        NodeSelectorRequirement {
+            key: key.into(),
+            operator: operator.into(),
+            values: Some(values.iter().map(|v| v.to_string()).collect()),
+        }
+    }
+
+    fn with_required_terms(mut pod: Pod, terms: Vec<NodeSelectorTerm>) -> Pod {
+        pod.spec.as_mut().unwrap().affinity = Some(Affinity {
+            node_affinity: Some(NodeAffinity {
+                required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                    node_selector_terms: terms,
+                }),
+                preferred_during_scheduling_ignored_during_execution: None,
+            }),
+            ..Default::default()
+        });
+        pod
+    }
+
+    fn on_demand_exclusions() -> Vec<NodeSelectorRequirement> {
+        vec![
+            requirement(labels::KARPENTER_CAPACITY_TYPE, "NotIn", &["spot"]),
+            requirement(labels::EKS_CAPACITY_TYPE, "NotIn", &["SPOT"]),
+        ]
+    }
+
     #[test]
-    fn on_demand_gets_only_annotations_and_scheduler() {
+    fn on_demand_requires_not_spot_and_gets_no_tolerations() {
         let pod = replicated_pod();
-        let m = mutate(
-            &pod,
-            &policy(Capacity::OnDemand, Spread::CapacityTypes),
-            &config(),
-        );
+        let p = policy(Capacity::OnDemand, Spread::CapacityTypes);
+        let m = mutate(&pod, &p, &config());
         assert_eq!(
             m.kinds,
             vec![
+                PatchKind::Affinity,
                 PatchKind::Spread,
                 PatchKind::Annotations,
                 PatchKind::SchedulerName
             ]
         );
+        assert!(m.warnings.is_empty(), "{:?}", m.warnings);
         let out = apply(&pod, &m);
-        assert!(out.spec.as_ref().unwrap().affinity.is_none());
-        assert!(out.spec.as_ref().unwrap().tolerations.is_none());
         assert_eq!(
-            out.spec.unwrap().topology_spread_constraints.unwrap()[0].topology_key,
+            required(&out).unwrap(),
+            vec![NodeSelectorTerm {
+                match_expressions: Some(on_demand_exclusions()),
+                match_fields: None,
+            }],
+            "one term: not spot by any configured label"
+        );
+        let spec = out.spec.as_ref().unwrap();
+        assert!(spec.tolerations.is_none());
+        assert!(
+            spec.affinity
+                .as_ref()
+                .unwrap()
+                .node_affinity
+                .as_ref()
+                .unwrap()
+                .preferred_during_scheduling_ignored_during_execution
+                .is_none()
+        );
+        assert_eq!(
+            spec.topology_spread_constraints.as_ref().unwrap()[0].topology_key,
             labels::KARPENTER_CAPACITY_TYPE
         );
+        assert!(mutate(&out, &p, &config()).patch.0.is_empty(), "idempotent");
+    }
+
+    #[test]
+    fn on_demand_is_anded_into_every_user_term_never_added_beside_them() {
+        let arch = requirement("kubernetes.io/arch", "In", &["arm64"]);
+        let zone = requirement(labels::ZONE, "In", &["us-east-1a"]);
+        // A term that admits spot among others is narrowed, not a contradiction.
+        let any_capacity = requirement(
+            labels::KARPENTER_CAPACITY_TYPE,
+            "In",
+            &["spot", "on-demand"],
+        );
+        let terms = vec![
+            NodeSelectorTerm {
+                match_expressions: Some(vec![arch.clone()]),
+                match_fields: None,
+            },
+            NodeSelectorTerm {
+                match_expressions: Some(vec![zone.clone(), any_capacity.clone()]),
+                match_fields: None,
+            },
+            NodeSelectorTerm {
+                match_expressions: None,
+                match_fields: Some(vec![requirement("metadata.name", "In", &["n1"])]),
+            },
+        ];
+        let pod = with_required_terms(replicated_pod(), terms.clone());
+        let p = policy(Capacity::OnDemand, Spread::None);
+        let m = mutate(&pod, &p, &config());
+        assert!(m.kinds.contains(&PatchKind::Affinity));
+        assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+        let out = apply(&pod, &m);
+        let got = required(&out).unwrap();
+        assert_eq!(
+            got.len(),
+            terms.len(),
+            "no term added: that would widen the user's"
+        );
+        for (before, after) in terms.iter().zip(&got) {
+            let mut expected = before.match_expressions.clone().unwrap_or_default();
+            expected.extend(on_demand_exclusions());
+            assert_eq!(after.match_expressions.as_ref(), Some(&expected));
+            assert_eq!(after.match_fields, before.match_fields);
+        }
+        assert!(mutate(&out, &p, &config()).patch.0.is_empty(), "idempotent");
+    }
+
+    #[test]
+    fn on_demand_leaves_a_pod_that_requires_spot_as_it_is_with_a_warning() {
+        let p = policy(Capacity::OnDemand, Spread::None);
+        let spot_term_pod = with_required_terms(
+            replicated_pod(),
+            vec![
+                NodeSelectorTerm {
+                    match_expressions: Some(vec![requirement(
+                        "kubernetes.io/arch",
+                        "In",
+                        &["arm64"],
+                    )]),
+                    match_fields: None,
+                },
+                spot_term(labels::EKS_CAPACITY_TYPE, "SPOT"),
+            ],
+        );
+        let mut selector_pod = replicated_pod();
+        selector_pod.spec.as_mut().unwrap().node_selector = Some(BTreeMap::from([(
+            labels::KARPENTER_CAPACITY_TYPE.to_string(),
+            "spot".to_string(),
+        )]));
+        for (pod, names) in [
+            (spot_term_pod, "eks.amazonaws.com/capacityType In [SPOT]"),
+            (selector_pod, "nodeSelector karpenter.sh/capacity-type=spot"),
+        ] {
+            let m = mutate(&pod, &p, &config());
+            assert!(
+                !m.kinds.contains(&PatchKind::Affinity),
+                "{names}: {:?}",
+                m.kinds
+            );
+            assert_eq!(m.warnings.len(), 1, "{names}");
+            assert!(
+                m.warnings[0].starts_with("spotkube.io/capacity: on-demand"),
+                "{}",
+                m.warnings[0]
+            );
+            assert!(m.warnings[0].contains(names), "{}", m.warnings[0]);
+            let out = apply(&pod, &m);
+            assert_eq!(
+                out.spec.as_ref().unwrap().affinity,
+                pod.spec.as_ref().unwrap().affinity
+            );
+        }
     }
 
     #[test]
