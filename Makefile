@@ -6,7 +6,7 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/spotkube/target
 CARGO ?= cargo
 
-.PHONY: demo test tools build lint unit help bench-webhook bench-extender bench-controller
+.PHONY: demo test tools build lint unit help bench-webhook bench-extender bench-controller bench-api-load
 
 help:
 	@echo "make demo   run the local demo: control plane + kwok + moto + webhook, extender, controller"
@@ -46,3 +46,7 @@ bench-controller: tools build
 	  $(CARGO) test -p spotkube-tests --test e2e_controller_series -- --nocapture
 	SPOTKUBE_SCALE_NODES=1000 SPOTKUBE_SCALE_PODS=10000 SPOTKUBE_BENCH_OUT=/dev/stdout \
 	  $(CARGO) test -p spotkube-tests --test e2e_controller_scale -- --nocapture
+
+bench-api-load: tools build
+	SPOTKUBE_BENCH_DEPLOYMENTS=5000 SPOTKUBE_BENCH_WINDOW=60 SPOTKUBE_BENCH_OUT=/dev/stdout \
+	  $(CARGO) test -p spotkube-tests --test e2e_api_load -- --nocapture

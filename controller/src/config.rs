@@ -34,6 +34,8 @@ pub struct Cli {
     pub run: Option<RunArgs>,
 }
 
+// Parsed once at startup: the size of `Run`'s flags costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum Command {
     /// Consume interruption events and act on them (the default).
@@ -61,6 +63,18 @@ pub struct RunArgs {
     /// How long a received message stays invisible while being acted on.
     #[arg(long, env = "SPOTKUBE_VISIBILITY_TIMEOUT", default_value = "60s", value_parser = spotkube_shared::config::positive_duration)]
     pub visibility_timeout: Duration,
+    /// How many messages are worked on at once.
+    #[arg(long, env = "SPOTKUBE_MAX_CONCURRENT_MESSAGES", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_concurrent_messages: u16,
+    /// How long one message may take before it is left for redelivery; shorter than
+    /// the visibility timeout, so a redelivery never overlaps a message still at work
+    /// (default: half the visibility timeout).
+    #[arg(long, env = "SPOTKUBE_MESSAGE_DEADLINE", value_parser = spotkube_shared::config::positive_duration)]
+    pub message_deadline: Option<Duration>,
+    /// How long before an AWS Health scheduled change's start its drain (cordon,
+    /// surge, evict) begins; until then the node is only `PreferNoSchedule`.
+    #[arg(long, env = "SPOTKUBE_SCHEDULED_CHANGE_LEAD", default_value = "15m", value_parser = spotkube_shared::config::positive_duration)]
+    pub scheduled_change_lead: Duration,
     /// Disable the AWS SDK's retries (tests against moto).
     #[arg(long, env = "SPOTKUBE_AWS_DISABLE_RETRIES")]
     pub aws_disable_retries: bool,
@@ -86,4 +100,19 @@ pub struct RunArgs {
     /// How often to look for scaled surges whose hold is over.
     #[arg(long, env = "SPOTKUBE_SCALE_BACK_INTERVAL", default_value = "10s", value_parser = spotkube_shared::config::positive_duration)]
     pub scale_back_interval: Duration,
+    /// The AWS account events must come from; events naming another account are
+    /// dropped (and counted). `--region`, when given, limits events the same way.
+    #[arg(long, env = "SPOTKUBE_ACCOUNT_ID")]
+    pub account_id: Option<String>,
+    /// The scheduler opted-in pods name (the webhook's `--scheduler-name`).
+    #[arg(
+        long,
+        env = "SPOTKUBE_SCHEDULER_NAME",
+        default_value = "spotkube-scheduler"
+    )]
+    pub scheduler_name: String,
+    /// How long a pod of that scheduler may wait unscheduled before the controller
+    /// warns that the scheduler is not running.
+    #[arg(long, env = "SPOTKUBE_UNSCHEDULED_AFTER", default_value = "60s", value_parser = spotkube_shared::config::positive_duration)]
+    pub unscheduled_after: Duration,
 }

@@ -8,8 +8,14 @@ use kube::Client;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use spotkube_shared::policy::Policy;
 
+use crate::decide::PodView;
+use crate::error::Result;
 use crate::metrics::Metrics;
 use crate::nodes_index::NodesIndex;
+use crate::view::{self, OwnerCache};
+
+/// The longest Event note the API server accepts.
+const MAX_NOTE: usize = 1024;
 
 /// Shared by the intake, the reconcile loops and the actions. Cloning is cheap.
 #[derive(Clone)]
@@ -22,6 +28,8 @@ pub struct Context {
     pub sqs: aws_sdk_sqs::Client,
     /// The policy of a pod no annotation says anything about.
     pub defaults: Policy,
+    /// Owner facts (namespaces, ReplicaSet owners, HPA targets), cached across calls.
+    pub owners: OwnerCache,
 }
 
 impl Context {
@@ -44,7 +52,13 @@ impl Context {
             nodes,
             sqs,
             defaults: Policy::default(),
+            owners: OwnerCache::default(),
         }
+    }
+
+    /// The pods on `node_name` with their owners and policies.
+    pub async fn pods_on(&self, node_name: &str) -> Result<Vec<PodView>> {
+        view::pods_on_cached(&self.client, &self.owners, node_name, &self.defaults).await
     }
 
     /// Emits a Kubernetes Event; failure to record one never fails the action.
@@ -53,8 +67,17 @@ impl Context {
         object: &ObjectReference,
         type_: EventType,
         reason: &str,
-        note: String,
+        mut note: String,
     ) {
+        // The API server refuses notes over 1 KiB (an API error quoted whole is longer).
+        if note.len() > MAX_NOTE {
+            let mut end = MAX_NOTE - 3;
+            while !note.is_char_boundary(end) {
+                end -= 1;
+            }
+            note.truncate(end);
+            note.push_str("...");
+        }
         let event = Event {
             type_,
             reason: reason.into(),

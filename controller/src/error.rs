@@ -40,6 +40,13 @@ pub enum Error {
     /// Input the controller cannot use: a malformed file, flag or value.
     #[error("{0}")]
     Invalid(String),
+    /// Several of a batch of actions failed (each was attempted); the first says why.
+    #[error("{failed} of {attempted} actions failed; first: {first}")]
+    Actions {
+        failed: usize,
+        attempted: usize,
+        first: Box<Error>,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -55,6 +62,21 @@ impl Error {
             Error::Leadership(_) => "leadership",
             Error::TaskEnded(_) => "internal",
             Error::Invalid(_) => "invalid",
+            Error::Actions { first, .. } => first.category(),
+        }
+    }
+
+    /// `Ok` when nothing failed, the one failure as it is, or several as
+    /// [`Error::Actions`].
+    pub fn collect(mut failures: Vec<Error>, attempted: usize) -> Result<()> {
+        match failures.len() {
+            0 => Ok(()),
+            1 => Err(failures.remove(0)),
+            failed => Err(Error::Actions {
+                failed,
+                attempted,
+                first: Box::new(failures.remove(0)),
+            }),
         }
     }
 

@@ -1,6 +1,10 @@
 //! The SQS consumer: long-poll, parse, decide, act, and delete a message only once its
 //! action is recorded on the Node. A crash anywhere means redelivery, and deciding
 //! again on a marked Node changes nothing, so the end state is the same.
+//!
+//! Messages are worked on concurrently (a bounded number, each within its own
+//! deadline), and within a message the Node is marked from the Node alone before any
+//! workload is read: neither a slow message nor a failed owner lookup delays a taint.
 
 use std::time::{Duration, Instant};
 
@@ -14,9 +18,15 @@ use tracing::Instrument;
 use tracing::field::Empty;
 
 use crate::act::Actor;
-use crate::decide;
+use crate::bounded::{Bounded, Ended};
+use crate::decide::{self, Planning};
+use crate::error::Error;
 use crate::error::{KubeResultExt, Result};
 use crate::view;
+
+/// How long one receive waits for messages. A term that ends waits out the poll in
+/// flight to hand its messages back, so this also bounds how long that takes.
+const LONG_POLL: Duration = Duration::from_secs(10);
 
 /// The consumer of one leadership term.
 #[derive(Clone)]
@@ -24,6 +34,13 @@ pub struct Intake {
     pub actor: Actor,
     pub queue_url: String,
     pub visibility_timeout: Duration,
+    /// The account and region events must come from.
+    pub origin: crate::origin::Origin,
+    pub planning: Planning,
+    /// At most this many messages are worked on at once.
+    pub concurrency: usize,
+    /// Each message's bound; past it the message is left for redelivery.
+    pub message_deadline: Duration,
 }
 
 /// What happened to one message.
@@ -47,31 +64,60 @@ impl Outcome {
 }
 
 impl Intake {
-    /// Long-polls until `stop` is cancelled. A batch in progress is finished first.
+    /// Long-polls until `stop` is cancelled, never taking more messages than it has
+    /// free slots for. Messages in progress end with the term (and are redelivered).
     pub async fn run(self, stop: CancellationToken) {
         tracing::info!(queue = %self.queue_url, "consuming interruption events");
+        let slots = Bounded::new(
+            self.concurrency,
+            self.message_deadline,
+            self.actor.tasks.clone(),
+        );
         let mut backoff = Duration::from_secs(1);
         while !stop.is_cancelled() {
+            let free = tokio::select! {
+                _ = stop.cancelled() => return,
+                free = slots.free() => free,
+            };
             let receive = self
                 .actor
                 .ctx
                 .sqs
                 .receive_message()
                 .queue_url(&self.queue_url)
-                .max_number_of_messages(10)
-                .wait_time_seconds(20)
+                .max_number_of_messages(free.min(10) as i32)
+                .wait_time_seconds(LONG_POLL.as_secs() as i32)
                 .visibility_timeout(self.visibility_timeout.as_secs() as i32)
                 .send();
+            let mut receive = std::pin::pin!(receive);
             let output = tokio::select! {
-                _ = stop.cancelled() => return,
-                output = receive => output,
+                output = &mut receive => output,
+                _ = stop.cancelled() => {
+                    // SQS answers a long poll already sent whether or not anyone still
+                    // listens, and a message it hands to a dropped poll would stay hidden
+                    // for the visibility timeout: take the answer and hand it back.
+                    if let Ok(output) = receive.await {
+                        self.hand_back(output.messages.unwrap_or_default()).await;
+                    }
+                    return;
+                }
             };
             match output {
                 Ok(output) => {
                     backoff = Duration::from_secs(1);
-                    // A reclaim wave hits many nodes at once: act on the batch together.
-                    let batch = output.messages.unwrap_or_default();
-                    futures::future::join_all(batch.into_iter().map(|m| self.handle(m))).await;
+                    for message in output.messages.unwrap_or_default() {
+                        let intake = self.clone();
+                        let metrics = self.actor.ctx.metrics.clone();
+                        let id = message.message_id.clone().unwrap_or_default();
+                        slots
+                            .start("message", intake.handle(message), move |ended| {
+                                if ended == Ended::TimedOut {
+                                    metrics.action("message", "timed-out", "deadline");
+                                    tracing::warn!(message_id = %id, "message passed its deadline; left for redelivery");
+                                }
+                            })
+                            .await;
+                    }
                 }
                 Err(error) => {
                     tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&error), "receiving from SQS failed");
@@ -85,7 +131,29 @@ impl Intake {
         }
     }
 
-    async fn handle(&self, message: Message) {
+    /// Makes received messages visible again at once, for the next leader.
+    async fn hand_back(&self, messages: Vec<Message>) {
+        for handle in messages.into_iter().filter_map(|m| m.receipt_handle) {
+            let result = self
+                .actor
+                .ctx
+                .sqs
+                .change_message_visibility()
+                .queue_url(&self.queue_url)
+                .receipt_handle(handle)
+                .visibility_timeout(0)
+                .send()
+                .await;
+            match result {
+                Ok(_) => tracing::info!("message received after leadership ended: handed back"),
+                Err(error) => {
+                    tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&error), "handing a message back failed; it reappears after the visibility timeout")
+                }
+            }
+        }
+    }
+
+    async fn handle(self, message: Message) {
         let received = Instant::now();
         let id = message.message_id.clone().unwrap_or_default();
         // One span per message: its id, the event's kind and id, and (per instance
@@ -134,39 +202,48 @@ impl Intake {
                 return Outcome::Rejected;
             }
         };
+        if let Err(foreign) = self.origin.admits(&event.envelope) {
+            self.actor.ctx.metrics.foreign_event(foreign.label());
+            tracing::warn!(%foreign, "event from another account or region dropped");
+            return Outcome::NotOurs;
+        }
         self.actor.ctx.metrics.event(event.kind().as_str());
         let span = tracing::Span::current();
         span.record("kind", event.kind().as_str());
         span.record("event", event.envelope.id.as_str());
-        let mut outcome = Outcome::NotOurs;
-        for instance in event.instance_ids() {
-            let Some(node) = self.actor.ctx.nodes.node_for(instance) else {
-                tracing::debug!(instance, "instance is not a node of this cluster");
-                continue;
-            };
-            let span = tracing::info_span!("instance", instance, node);
-            span.in_scope(|| tracing::info!("event received"));
-            match self
-                .act_on(&event, &node, received)
-                .instrument(span.clone())
-                .await
-            {
-                Ok(()) => {
-                    if outcome != Outcome::Failed {
-                        outcome = Outcome::Done;
-                    }
-                }
-                Err(error) => {
-                    span.in_scope(|| {
-                        tracing::warn!(%error, "acting on the event failed; it will be redelivered")
-                    });
-                    outcome = Outcome::Failed;
+        // A Health event may name many instances: each node is worked on at once.
+        let instances = event.instance_ids().into_iter().filter_map(|instance| {
+            match self.actor.ctx.nodes.node_for(instance) {
+                Some(node) => Some((instance, node)),
+                None => {
+                    tracing::debug!(instance, "instance is not a node of this cluster");
+                    None
                 }
             }
+        });
+        let event = &event;
+        let results = futures::future::join_all(instances.map(|(instance, node)| {
+            let span = tracing::info_span!("instance", instance, node);
+            span.in_scope(|| tracing::info!("event received"));
+            async move {
+                let result = self.act_on(event, &node, received).await;
+                if let Err(error) = &result {
+                    tracing::warn!(%error, "acting on the event failed; it will be redelivered");
+                }
+                result
+            }
+            .instrument(span)
+        }))
+        .await;
+        match results.iter().any(Result::is_err) {
+            true => Outcome::Failed,
+            false if results.is_empty() => Outcome::NotOurs,
+            false => Outcome::Done,
         }
-        outcome
     }
 
+    /// Marks the Node first, from the Node alone; then reads the pods on it and
+    /// protects their workloads. Both halves are attempted whatever the other did.
     async fn act_on(&self, event: &SpotEvent, node_name: &str, received: Instant) -> Result<()> {
         let ctx = &self.actor.ctx;
         let nodes: Api<Node> = Api::all(ctx.client.clone());
@@ -178,10 +255,22 @@ impl Intake {
             return Ok(()); // gone meanwhile: nothing left to protect
         };
         let node_view = view::node_view(&node);
-        let pods = view::pods_on(&ctx.client, node_name, &ctx.defaults).await?;
-        let actions = decide::decide(event, &node_view, &pods, Timestamp::now());
-        tracing::debug!(?actions, "decided");
-        self.actor.execute(node_name, actions, received).await?;
-        Ok(())
+        let now = Timestamp::now();
+        let marks = decide::node_marks(event, &node_view, now, &self.planning);
+        let marked = node_view.after(&marks);
+        tracing::debug!(?marks, "decided on the node");
+        let marking = self.actor.execute(node_name, marks, received).await;
+        let protecting = async {
+            let pods = ctx.pods_on(node_name).await?;
+            let actions = decide::workloads(event, &marked, &pods, now);
+            tracing::debug!(?actions, "decided on the workloads");
+            self.actor.execute(node_name, actions, received).await
+        }
+        .await;
+        let failures: Vec<Error> = [marking, protecting]
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
+        Error::collect(failures, 2)
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod act;
 pub mod aws;
+pub mod bounded;
 pub mod cli;
 pub mod config;
 pub mod context;
@@ -21,10 +22,13 @@ pub mod intake;
 pub mod leader;
 pub mod metrics;
 pub mod nodes_index;
+pub mod origin;
 pub mod pricing;
 pub mod reconcile;
 pub mod run;
 pub mod supervisor;
+pub mod surging;
+pub mod ttl_cache;
 pub mod view;
 
 pub use error::{Error, Result};

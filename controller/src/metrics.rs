@@ -16,10 +16,16 @@ pub struct Metrics {
     pub actions: Family<Labels, Counter>,
     /// Tasks of the current leadership term running now, by task.
     pub leader_tasks: Family<Labels, Gauge>,
+    /// 1 while this replica is the leader and acts, else 0.
+    pub leader: Gauge,
     /// Seconds from message receipt to the Node's taint.
     pub receipt_to_taint: Histogram,
     /// Seconds from message receipt to a surged workload's replacement Ready.
     pub receipt_to_replacement_ready: Histogram,
+    /// Events dropped because they came from another account or region, by reason.
+    pub foreign_events: Family<Labels, Counter>,
+    /// Pods of spotkube's scheduler left unscheduled longer than the threshold.
+    pub unscheduled_pods: Gauge,
 }
 
 impl Metrics {
@@ -28,8 +34,11 @@ impl Metrics {
             events: Family::default(),
             actions: Family::default(),
             leader_tasks: Family::default(),
+            leader: Gauge::default(),
             receipt_to_taint: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
             receipt_to_replacement_ready: Histogram::new(exponential_buckets(0.5, 2.0, 12)),
+            foreign_events: Family::default(),
+            unscheduled_pods: Gauge::default(),
         };
         let registry = registry.sub_registry_with_prefix("spotkube_controller");
         registry.register(
@@ -48,6 +57,11 @@ impl Metrics {
             metrics.leader_tasks.clone(),
         );
         registry.register(
+            "leader",
+            "1 while this replica is the leader and acts (its Lease renewed within the renew deadline)",
+            metrics.leader.clone(),
+        );
+        registry.register(
             "receipt_to_taint_seconds",
             "Time from message receipt to the Node's taint",
             metrics.receipt_to_taint.clone(),
@@ -57,12 +71,29 @@ impl Metrics {
             "Time from message receipt to a surged workload's replacement being Ready",
             metrics.receipt_to_replacement_ready.clone(),
         );
+        registry.register(
+            "foreign_events",
+            "Events dropped because they came from another AWS account or region, by reason",
+            metrics.foreign_events.clone(),
+        );
+        registry.register(
+            "unscheduled_pods",
+            "Pods of spotkube's scheduler that it has not picked up for longer than --unscheduled-after",
+            metrics.unscheduled_pods.clone(),
+        );
         metrics
     }
 
     pub fn event(&self, kind: &str) {
         self.events
             .get_or_create(&vec![("kind", kind.to_string())])
+            .inc();
+    }
+
+    /// Counts an event dropped for coming from elsewhere; `reason` is `account` or `region`.
+    pub fn foreign_event(&self, reason: &str) {
+        self.foreign_events
+            .get_or_create(&vec![("reason", reason.to_string())])
             .inc();
     }
 

@@ -16,18 +16,27 @@ use tokio_util::sync::CancellationToken;
 use crate::act::Actor;
 use crate::config::RunArgs;
 use crate::context::Context;
-use crate::error::{KubeResultExt, Result};
+use crate::decide::Planning;
+use crate::error::{Error, KubeResultExt, Result};
 use crate::intake::Intake;
 use crate::leader::{self, LeaderConfig};
 use crate::metrics::Metrics;
 use crate::nodes_index::NodesIndex;
+use crate::origin::Origin;
 use crate::pricing::AnySource;
 use crate::pricing::refresher::{self, RefreshMetrics, Target};
-use crate::reconcile;
+use crate::reconcile::{self, unscheduled};
 use crate::supervisor::Term;
 
 /// Runs until SIGTERM / Ctrl-C, then stops the leader's work and releases the Lease.
 pub async fn run(args: RunArgs, admin_listen: SocketAddr) -> Result<()> {
+    let message_deadline = args.message_deadline.unwrap_or(args.visibility_timeout / 2);
+    if message_deadline >= args.visibility_timeout {
+        return Err(Error::Invalid(format!(
+            "--message-deadline ({message_deadline:?}) must be shorter than --visibility-timeout ({:?}): a message still at work would be redelivered",
+            args.visibility_timeout
+        )));
+    }
     let client = kube::Client::try_default()
         .await
         .kube("connect", "the API server (KUBECONFIG or in-cluster)")?;
@@ -38,6 +47,7 @@ pub async fn run(args: RunArgs, admin_listen: SocketAddr) -> Result<()> {
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
+    let metrics_leader = metrics.leader.clone();
     let ranking = match args.publish_ranking {
         true => Some(RankingJob {
             source: Arc::new(args.ranking.source().await?),
@@ -49,9 +59,8 @@ pub async fn run(args: RunArgs, admin_listen: SocketAddr) -> Result<()> {
     };
     let readiness = Readiness::default();
     let nodes_synced = readiness.gate("nodes index");
-    let leading = readiness.gate("leader");
-    // A standby is healthy and ready to take over; /readyz only reports the cache.
-    leading.open();
+    // Leader and standby alike are ready once their Node index is: /readyz says
+    // nothing of leadership (spotkube_controller_leader does).
 
     // What every replica runs, leader or not.
     let stop = CancellationToken::new();
@@ -76,6 +85,19 @@ pub async fn run(args: RunArgs, admin_listen: SocketAddr) -> Result<()> {
         visibility_timeout: args.visibility_timeout,
         reconcile_every: args.scale_back_interval,
         ranking,
+        planning: Planning {
+            scheduled_change_lead: args.scheduled_change_lead,
+        },
+        concurrency: usize::from(args.max_concurrent_messages),
+        message_deadline,
+        origin: Origin {
+            account: args.account_id.clone(),
+            region: args.ranking.region.clone(),
+        },
+        unscheduled: unscheduled::Settings {
+            scheduler_name: args.scheduler_name.clone(),
+            after: args.unscheduled_after,
+        },
     };
     let result = leader::run_while_leader(
         client,
@@ -86,7 +108,7 @@ pub async fn run(args: RunArgs, admin_listen: SocketAddr) -> Result<()> {
             duration_secs: args.lease_duration,
             grace_secs: (args.lease_duration / 3).max(1),
         },
-        leading,
+        metrics_leader,
         |token| leader.clone().lead(token),
         telemetry::shutdown_signal(),
     )
@@ -117,6 +139,11 @@ struct Leader {
     visibility_timeout: Duration,
     reconcile_every: Duration,
     ranking: Option<RankingJob>,
+    origin: Origin,
+    unscheduled: unscheduled::Settings,
+    planning: Planning,
+    concurrency: usize,
+    message_deadline: Duration,
 }
 
 impl Leader {
@@ -137,6 +164,10 @@ impl Leader {
             actor: actor.clone(),
             queue_url: self.queue_url,
             visibility_timeout: self.visibility_timeout,
+            origin: self.origin,
+            planning: self.planning,
+            concurrency: self.concurrency,
+            message_deadline: self.message_deadline,
         };
         term.start("intake", intake.run(token.clone()));
         term.start(
@@ -146,6 +177,10 @@ impl Leader {
         term.start(
             "scale-back",
             reconcile::scale_back::run(actor, every, token.clone()),
+        );
+        term.start(
+            "unscheduled",
+            unscheduled::run(self.ctx.clone(), self.unscheduled, token.clone()),
         );
         if let Some(job) = self.ranking {
             // The ranking ConfigMap has one writer: the leader.

@@ -1,8 +1,10 @@
 //! Reads the cluster into the views [`crate::decide`] works on: the Node, the pods on
 //! it, their owners (pod → ReplicaSet → Deployment, StatefulSet, DaemonSet) and their
-//! resolved spot policies.
+//! resolved spot policies. Owner facts that rarely change are cached briefly
+//! ([`OwnerCache`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -14,6 +16,7 @@ use spotkube_shared::policy::{self, Layers, Policy};
 
 use crate::decide::{DeploymentView, NodeView, Owner, PodView, RolloutStrategy, TaintEffect};
 use crate::error::{KubeResultExt, Result};
+use crate::ttl_cache::TtlCache;
 
 /// Static pods' mirrors carry this annotation.
 const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
@@ -66,33 +69,71 @@ pub fn deployment_view(d: &Deployment, hpa_managed: bool) -> DeploymentView {
     }
 }
 
-/// Reads the pods on `node_name` with their owners and policies. Lookups are cached
-/// for the duration of one call (several pods often share a namespace or owner).
+/// How long owner facts stay cached (see [`OwnerCache`]).
+pub const OWNER_CACHE_TTL: Duration = Duration::from_secs(30);
+
+/// Owner facts that change rarely, cached across calls for [`OWNER_CACHE_TTL`]: a
+/// Namespace's annotations, a ReplicaSet's owning Deployment, a namespace's HPA
+/// targets. Why: a burst of interruptions (a whole AZ reclaimed) reads the same
+/// namespaces and owners for every node, and the drain reconcile reads them again
+/// every pass; cached, the API reads grow with distinct owners, not with pods × passes.
+/// Why a short TTL rather than a watch: these are read only when a node is being
+/// interrupted, so keeping every ReplicaSet and HPA of the cluster in memory would
+/// cost more than it saves. A policy or HPA change takes effect within the TTL.
+/// Deployments and StatefulSets themselves are never cached: their replicas and surge
+/// record decide the surge (and the surge re-reads the Deployment before it writes).
+#[derive(Clone)]
+pub struct OwnerCache {
+    namespaces: TtlCache<String, BTreeMap<String, String>>,
+    /// (namespace, ReplicaSet) → the Deployment controlling it, if any.
+    replica_set_owners: TtlCache<(String, String), Option<String>>,
+    hpa_targets: TtlCache<String, Vec<String>>,
+}
+
+impl OwnerCache {
+    pub fn new(ttl: Duration) -> OwnerCache {
+        OwnerCache {
+            namespaces: TtlCache::new(ttl),
+            replica_set_owners: TtlCache::new(ttl),
+            hpa_targets: TtlCache::new(ttl),
+        }
+    }
+}
+
+impl Default for OwnerCache {
+    fn default() -> OwnerCache {
+        OwnerCache::new(OWNER_CACHE_TTL)
+    }
+}
+
+/// Reads the pods on `node_name` with their owners and policies. Owner lookups are
+/// cached for the duration of this call only; see [`pods_on_cached`].
 pub async fn pods_on(client: &Client, node_name: &str, defaults: &Policy) -> Result<Vec<PodView>> {
+    pods_on_cached(client, &OwnerCache::default(), node_name, defaults).await
+}
+
+/// Reads the pods on `node_name` with their owners and policies, owner facts through
+/// `cache`.
+pub async fn pods_on_cached(
+    client: &Client,
+    cache: &OwnerCache,
+    node_name: &str,
+    defaults: &Policy,
+) -> Result<Vec<PodView>> {
     let pods: Api<Pod> = Api::all(client.clone());
     let list = pods
         .list(&ListParams::default().fields(&format!("spec.nodeName={node_name}")))
         .await
         .kube("list", format_args!("pods on node/{node_name}"))?;
-    let mut namespaces: HashMap<String, BTreeMap<String, String>> = HashMap::new();
-    let mut hpa_targets: HashMap<String, Vec<String>> = HashMap::new();
     let mut views = Vec::new();
     for pod in list.items {
         let ns = pod.namespace().unwrap_or_default();
-        if !namespaces.contains_key(&ns) {
-            let annotations = Api::<Namespace>::all(client.clone())
-                .get_opt(&ns)
-                .await
-                .kube("get", format_args!("namespace/{ns}"))?
-                .map(|n| n.annotations().clone())
-                .unwrap_or_default();
-            namespaces.insert(ns.clone(), annotations);
-        }
-        let (owner, workload_annotations) = owner_of(client, &pod, &mut hpa_targets).await?;
+        let namespace_annotations = namespace_annotations(client, cache, &ns).await?;
+        let (owner, workload_annotations) = owner_of(client, cache, &pod).await?;
         let resolved = policy::resolve(
             defaults,
             Layers {
-                namespace: namespaces.get(&ns),
+                namespace: Some(&namespace_annotations),
                 workload: workload_annotations.as_ref(),
                 pod: Some(pod.annotations()),
             },
@@ -113,10 +154,74 @@ pub async fn pods_on(client: &Client, node_name: &str, defaults: &Policy) -> Res
     Ok(views)
 }
 
+async fn namespace_annotations(
+    client: &Client,
+    cache: &OwnerCache,
+    ns: &str,
+) -> Result<BTreeMap<String, String>> {
+    if let Some(annotations) = cache.namespaces.get(ns) {
+        return Ok(annotations);
+    }
+    let annotations = Api::<Namespace>::all(client.clone())
+        .get_opt(ns)
+        .await
+        .kube("get", format_args!("namespace/{ns}"))?
+        .map(|n| n.annotations().clone())
+        .unwrap_or_default();
+    cache.namespaces.insert(ns.to_string(), annotations.clone());
+    Ok(annotations)
+}
+
+/// The Deployment controlling ReplicaSet `ns/name`, if any (and if the ReplicaSet
+/// exists).
+async fn replica_set_owner(
+    client: &Client,
+    cache: &OwnerCache,
+    ns: &str,
+    name: &str,
+) -> Result<Option<String>> {
+    let key = (ns.to_string(), name.to_string());
+    if let Some(owner) = cache.replica_set_owners.get(&key) {
+        return Ok(owner);
+    }
+    let rs = Api::<ReplicaSet>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .kube("get", format_args!("replicaset/{ns}/{name}"))?;
+    let owner = rs.as_ref().and_then(|rs| {
+        rs.owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true) && o.kind == "Deployment")
+            .map(|o| o.name.clone())
+    });
+    cache.replica_set_owners.insert(key, owner.clone());
+    Ok(owner)
+}
+
+/// The Deployments an HPA of namespace `ns` scales.
+async fn hpa_targets(client: &Client, cache: &OwnerCache, ns: &str) -> Result<Vec<String>> {
+    if let Some(targets) = cache.hpa_targets.get(ns) {
+        return Ok(targets);
+    }
+    let hpas = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .kube("list", format_args!("horizontalpodautoscalers in {ns}"))?;
+    let targets: Vec<String> = hpas
+        .items
+        .iter()
+        .map(|h| &h.spec)
+        .filter(|s| s.scale_target_ref.kind == "Deployment")
+        .map(|s| s.scale_target_ref.name.clone())
+        .collect();
+    cache.hpa_targets.insert(ns.to_string(), targets.clone());
+    Ok(targets)
+}
+
 async fn owner_of(
     client: &Client,
+    cache: &OwnerCache,
     pod: &Pod,
-    hpa_targets: &mut HashMap<String, Vec<String>>,
 ) -> Result<(Owner, Option<BTreeMap<String, String>>)> {
     if pod.annotations().contains_key(MIRROR_ANNOTATION) {
         return Ok((Owner::Mirror, None));
@@ -148,17 +253,9 @@ async fn owner_of(
             })
         }
         "ReplicaSet" => {
-            let rs = Api::<ReplicaSet>::namespaced(client.clone(), &ns)
-                .get_opt(&controller.name)
-                .await
-                .kube("get", format_args!("replicaset/{ns}/{}", controller.name))?;
-            let deployment_name = rs.as_ref().and_then(|rs| {
-                rs.owner_references()
-                    .iter()
-                    .find(|o| o.controller == Some(true) && o.kind == "Deployment")
-                    .map(|o| o.name.clone())
-            });
-            let Some(deployment_name) = deployment_name else {
+            let Some(deployment_name) =
+                replica_set_owner(client, cache, &ns, &controller.name).await?
+            else {
                 return Ok((other(controller), None));
             };
             let Some(deployment) = Api::<Deployment>::namespaced(client.clone(), &ns)
@@ -168,21 +265,9 @@ async fn owner_of(
             else {
                 return Ok((other(controller), None));
             };
-            if !hpa_targets.contains_key(&ns) {
-                let hpas = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &ns)
-                    .list(&ListParams::default())
-                    .await
-                    .kube("list", format_args!("horizontalpodautoscalers in {ns}"))?;
-                let targets = hpas
-                    .items
-                    .iter()
-                    .map(|h| &h.spec)
-                    .filter(|s| s.scale_target_ref.kind == "Deployment")
-                    .map(|s| s.scale_target_ref.name.clone())
-                    .collect();
-                hpa_targets.insert(ns.clone(), targets);
-            }
-            let hpa_managed = hpa_targets[&ns].contains(&deployment_name);
+            let hpa_managed = hpa_targets(client, cache, &ns)
+                .await?
+                .contains(&deployment_name);
             Ok((
                 Owner::Deployment(deployment_view(&deployment, hpa_managed)),
                 Some(deployment.annotations().clone()),

@@ -1,17 +1,20 @@
 //! Component tests of the controller's I/O against a mocked API server (no rig): the
 //! exact requests of the Node patch and its 409 retry, how an intake outcome maps to
-//! deleting or keeping the SQS message, and owner resolution.
+//! deleting or keeping the SQS message, owner resolution (and its cache), surges under
+//! a precondition, and the scale-back's writes.
 
 mod mock;
 
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::Deployment;
 use mock::Expect;
 use serde_json::{Value, json};
-use spotkube_controller::decide::{Action, Owner, TaintEffect};
+use spotkube_controller::decide::{Action, Owner, Planning, TaintEffect};
 use spotkube_controller::intake::{Intake, Outcome};
 use spotkube_controller::nodes_index::NodesIndex;
+use spotkube_controller::reconcile::scale_back;
 use spotkube_controller::view;
 use spotkube_shared::annotations::{InterruptionKind, InterruptionNotice};
 use spotkube_shared::policy::Policy;
@@ -28,6 +31,7 @@ fn mark() -> Action {
             kind: InterruptionKind::SpotInterruption,
             deadline: Some("2026-11-20T10:17:00Z".parse::<Timestamp>().unwrap()),
             event_id: Some("e-1".into()),
+            drain_from: None,
         },
     }
 }
@@ -128,6 +132,10 @@ fn intake(script: Vec<Expect>) -> (Intake, mock::Served) {
         actor,
         queue_url: "http://127.0.0.1:1/queue".into(),
         visibility_timeout: Duration::from_secs(60),
+        origin: Default::default(),
+        planning: Planning::default(),
+        concurrency: 4,
+        message_deadline: Duration::from_secs(30),
     };
     (intake, served)
 }
@@ -183,15 +191,37 @@ async fn intake_outcomes_delete_what_is_done_or_not_ours_and_keep_the_rest() {
             spot_warning(INSTANCE),
             vec![
                 Expect::get(NODE).returns(mock::node("spot-a", INSTANCE, "1")),
+                Expect::get(NODE).returns(mock::node("spot-a", INSTANCE, "1")),
+                Expect::patch(NODE).returns(mock::node("spot-a", INSTANCE, "2")),
                 Expect::get("/api/v1/pods")
                     .with_query("fieldSelector=spec.nodeName%3Dspot-a")
                     .returns(
                         json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}),
                     ),
-                Expect::get(NODE).returns(mock::node("spot-a", INSTANCE, "1")),
-                Expect::patch(NODE).returns(mock::node("spot-a", INSTANCE, "2")),
             ],
             Outcome::Done,
+        ),
+        (
+            // The taint comes from the Node alone, before any workload is read: a
+            // failed read of the pods (or their owners) fails the message after it.
+            "a node whose pods cannot be read",
+            spot_warning(INSTANCE),
+            vec![
+                Expect::get(NODE).returns(mock::node("spot-a", INSTANCE, "1")),
+                Expect::get(NODE).returns(mock::node("spot-a", INSTANCE, "1")),
+                Expect::patch(NODE)
+                    .checks(|body| {
+                        ensure(
+                            body["spec"]["unschedulable"] == json!(true),
+                            format!("cordoned: {body}"),
+                        )
+                    })
+                    .returns(mock::node("spot-a", INSTANCE, "2")),
+                Expect::get("/api/v1/pods")
+                    .with_query("fieldSelector=spec.nodeName%3Dspot-a")
+                    .fails(403, "Forbidden"),
+            ],
+            Outcome::Failed,
         ),
     ];
     for (what, body, script, expected) in cases {
@@ -291,4 +321,291 @@ async fn owners_resolve_pod_to_replicaset_to_deployment_statefulset_and_bare_pod
         views.iter().all(|v| v.policy.enabled),
         "namespace opt-in applies"
     );
+}
+
+const WEB: &str = "/apis/apps/v1/namespaces/shop/deployments/web";
+
+fn restart_web() -> Action {
+    Action::RestartDeployment {
+        namespace: "shop".into(),
+        name: "web".into(),
+        reason: "e-1".into(),
+    }
+}
+
+fn scale_web() -> Action {
+    Action::ScaleDeployment {
+        namespace: "shop".into(),
+        name: "web".into(),
+        from: 1,
+        to: 2,
+        until: "2026-11-20T10:22:00Z".parse().unwrap(),
+        reason: "e-1".into(),
+    }
+}
+
+#[tokio::test]
+async fn a_restart_conflicting_with_a_surge_by_another_leader_restarts_nothing_twice() {
+    let (client, served) = mock::client(vec![
+        Expect::get(WEB).returns(mock::deployment("1", 1, json!({}))),
+        Expect::patch(WEB)
+            .checks(|body| {
+                patched_under("1")(body)?;
+                let restarted = &body["spec"]["template"]["metadata"]["annotations"]
+                    ["kubectl.kubernetes.io/restartedAt"];
+                ensure(restarted.is_string(), format!("no restartedAt: {body}"))?;
+                ensure(
+                    body["metadata"]["annotations"]["spotkube.io/reason"] == "e-1",
+                    "reason not recorded",
+                )
+            })
+            .fails(409, "Conflict"),
+        // Read again: the other leader restarted it for the same event.
+        Expect::get(WEB).returns(mock::deployment(
+            "2",
+            1,
+            json!({"spotkube.io/reason": "e-1"}),
+        )),
+    ]);
+    let (actor, registry) = mock::actor(client, NodesIndex::default());
+    actor
+        .execute("spot-a", vec![restart_web()], Instant::now())
+        .await
+        .unwrap();
+    served.check();
+    let metrics = mock::scrape(&registry);
+    assert!(
+        metrics.contains(
+            r#"spotkube_controller_actions_total{action="restart",outcome="ok",error="none"} 1"#
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_scale_conflict_is_decided_again_and_surges_once_under_the_new_version() {
+    let (client, served) = mock::client(vec![
+        Expect::get(WEB).returns(mock::deployment("1", 1, json!({}))),
+        Expect::patch(WEB)
+            .checks(patched_under("1"))
+            .fails(409, "Conflict"),
+        // Changed meanwhile (say, its template), still one replica and not surged.
+        Expect::get(WEB).returns(mock::deployment("2", 1, json!({}))),
+        Expect::patch(WEB)
+            .checks(|body| {
+                patched_under("2")(body)?;
+                ensure(body["spec"]["replicas"] == 2, "not scaled to 2")?;
+                ensure(
+                    body["metadata"]["labels"]["spotkube.io/surging"] == "true",
+                    format!("not labelled as surging: {body}"),
+                )?;
+                let annotations = &body["metadata"]["annotations"];
+                ensure(
+                    annotations["spotkube.io/surge-from"] == "1"
+                        && annotations["spotkube.io/surge-until"] == "2026-11-20T10:22:00Z",
+                    format!("surge not recorded: {annotations}"),
+                )
+            })
+            .returns(mock::deployment(
+                "3",
+                2,
+                json!({"spotkube.io/surge-from": "1"}),
+            )),
+        // The rollout is followed by a watch on this one Deployment, not by polling.
+        Expect::get("/apis/apps/v1/namespaces/shop/deployments")
+            .with_query("fieldSelector=metadata.name%3Dweb")
+            .returns(json!({
+                "apiVersion": "apps/v1", "kind": "DeploymentList",
+                "metadata": {"resourceVersion": "4"},
+                "items": [mock::deployment("4", 2, json!({"spotkube.io/surge-from": "1"}))],
+            })),
+    ]);
+    let (actor, registry) = mock::actor(client, NodesIndex::default());
+    actor
+        .execute("spot-a", vec![scale_web()], Instant::now())
+        .await
+        .unwrap();
+    served.settled(Duration::from_secs(5)).await;
+    served.check();
+    let metrics = mock::scrape(&registry);
+    assert!(
+        metrics.contains(
+            r#"spotkube_controller_actions_total{action="scale",outcome="ok",error="none"} 1"#
+        ),
+        "{metrics}"
+    );
+    wait_for_metric(
+        &registry,
+        "spotkube_controller_receipt_to_replacement_ready_seconds_count 1",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_scale_conflict_with_a_surge_already_made_scales_nothing_twice() {
+    let (client, served) = mock::client(vec![
+        Expect::get(WEB).returns(mock::deployment("1", 1, json!({}))),
+        Expect::patch(WEB)
+            .checks(patched_under("1"))
+            .fails(409, "Conflict"),
+        Expect::get(WEB).returns(mock::deployment(
+            "2",
+            2,
+            json!({"spotkube.io/reason": "e-1", "spotkube.io/surge-from": "1"}),
+        )),
+    ]);
+    let (actor, _registry) = mock::actor(client, NodesIndex::default());
+    actor
+        .execute("spot-a", vec![scale_web()], Instant::now())
+        .await
+        .unwrap();
+    served.check();
+}
+
+/// Polls the registry until it shows `needle` (work left running by an action).
+async fn wait_for_metric(registry: &prometheus_client::registry::Registry, needle: &str) {
+    for _ in 0..500 {
+        if mock::scrape(registry).contains(needle) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never counted {needle}:\n{}", mock::scrape(registry));
+}
+
+fn surging(resource_version: &str, replicas: i32, annotations: Value) -> Deployment {
+    let mut d = mock::deployment(resource_version, replicas, annotations);
+    d["metadata"]["labels"] = json!({"spotkube.io/surging": "true"});
+    serde_json::from_value(d).unwrap()
+}
+
+#[tokio::test]
+async fn scale_back_ends_due_surges_and_drops_the_label_in_the_same_write() {
+    let (client, served) = mock::client(vec![
+        Expect::patch(WEB).checks(|body| {
+            patched_under("7")(body)?;
+            ensure(body["spec"]["replicas"] == 1, "not scaled back to 1")?;
+            ensure(
+                body["metadata"]["labels"]["spotkube.io/surging"].is_null()
+                    && body["metadata"]["labels"]
+                        .as_object()
+                        .is_some_and(|l| l.contains_key("spotkube.io/surging")),
+                format!("label not removed: {body}"),
+            )?;
+            ensure(
+                body["metadata"]["annotations"]["spotkube.io/surge-from"].is_null(),
+                "surge record kept",
+            )
+        }),
+        // Labelled with no surge on record: the label alone goes.
+        Expect::patch(WEB).checks(|body| {
+            patched_under("8")(body)?;
+            ensure(
+                body.get("spec").is_none() && body["metadata"].get("annotations").is_none(),
+                format!("more than the label: {body}"),
+            )
+        }),
+    ]);
+    let (actor, _registry) = mock::actor(client, NodesIndex::default());
+    let due = surging(
+        "7",
+        2,
+        json!({"spotkube.io/surge-from": "1", "spotkube.io/surge-until": "2026-11-20T10:22:00Z"}),
+    );
+    let held = surging(
+        "9",
+        2,
+        json!({"spotkube.io/surge-from": "1", "spotkube.io/surge-until": "2026-11-20T11:00:00Z"}),
+    );
+    let unrecorded = surging("8", 2, json!({}));
+    let now: Timestamp = "2026-11-20T10:30:00Z".parse().unwrap();
+    scale_back::scale_back_once(&actor, &[due, held, unrecorded], now)
+        .await
+        .unwrap();
+    served.check();
+}
+
+#[tokio::test]
+async fn surges_of_an_older_version_are_found_page_by_page_and_labelled() {
+    let list = |items: Vec<Value>, next: &str| {
+        json!({
+            "apiVersion": "apps/v1", "kind": "DeploymentList",
+            "metadata": {"continue": next}, "items": items,
+        })
+    };
+    let (client, served) = mock::client(vec![
+        Expect::get("/apis/apps/v1/deployments")
+            .with_query("labelSelector=%21spotkube.io%2Fsurging&limit=500")
+            .returns(list(vec![mock::deployment("1", 1, json!({}))], "page-2")),
+        Expect::get("/apis/apps/v1/deployments")
+            .with_query("continue=page-2")
+            .returns(list(
+                vec![mock::deployment(
+                    "2",
+                    2,
+                    json!({"spotkube.io/surge-from": "1", "spotkube.io/surge-until": "2026-11-20T10:22:00Z"}),
+                )],
+                "",
+            )),
+        Expect::patch(WEB).checks(|body| {
+            ensure(
+                body == &json!({"metadata": {"labels": {"spotkube.io/surging": "true"}}}),
+                format!("not just the label: {body}"),
+            )
+        }),
+    ]);
+    let (actor, _registry) = mock::actor(client, NodesIndex::default());
+    let labelled = scale_back::label_unlabelled_surges(&actor).await.unwrap();
+    served.check();
+    assert_eq!(labelled, 1);
+}
+
+#[tokio::test]
+async fn owner_facts_are_cached_across_calls_and_deployments_read_every_time() {
+    let apps = "/apis/apps/v1/namespaces/shop";
+    let pods = || {
+        Expect::get("/api/v1/pods")
+            .with_query("fieldSelector=spec.nodeName%3Dspot-a")
+            .returns(json!({
+                "apiVersion": "v1", "kind": "PodList", "metadata": {},
+                "items": [pod("web-5d4f-x", Some(("ReplicaSet", "web-5d4f")))],
+            }))
+    };
+    let web = |replicas: i32| Expect::get(WEB).returns(mock::deployment("1", replicas, json!({})));
+    let (client, served) = mock::client(vec![
+        pods(),
+        Expect::get("/api/v1/namespaces/shop").returns(json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"},
+        })),
+        Expect::get(&format!("{apps}/replicasets/web-5d4f")).returns(json!({
+            "apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {"name": "web-5d4f", "namespace": "shop", "ownerReferences": [
+                {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "d", "controller": true}
+            ]},
+            "spec": {"selector": {}},
+        })),
+        web(1),
+        Expect::get("/apis/autoscaling/v2/namespaces/shop/horizontalpodautoscalers").returns(
+            json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscalerList",
+                   "metadata": {}, "items": []}),
+        ),
+        // The second call: the pods and the Deployment only.
+        pods(),
+        web(2),
+    ]);
+    let cache = view::OwnerCache::default();
+    let replicas = |views: Vec<spotkube_controller::decide::PodView>| match &views[0].owner {
+        Owner::Deployment(d) => d.replicas,
+        other => panic!("owner {other:?}"),
+    };
+    let policy = Policy::default();
+    let first = view::pods_on_cached(&client, &cache, "spot-a", &policy);
+    assert_eq!(replicas(first.await.unwrap()), 1);
+    let second = view::pods_on_cached(&client, &cache, "spot-a", &policy);
+    assert_eq!(
+        replicas(second.await.unwrap()),
+        2,
+        "the Deployment is read fresh"
+    );
+    served.check();
 }

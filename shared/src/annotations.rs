@@ -187,9 +187,15 @@ pub struct InterruptionNotice {
     /// When the instance goes away (spot interruption: event time + 120 s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<Timestamp>,
-    /// The EventBridge event id that caused it (for idempotence and tracing).
+    /// The key of the event workloads on this node are surged under: the first
+    /// imminent event's (a later event keeps it, so nothing surges twice for one node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_id: Option<String>,
+    /// A planned change (AWS Health): the time the imminent treatment (cordon, surge,
+    /// evict, filter) begins. Until then the node is only `PreferNoSchedule`; absent
+    /// once the drain has begun, and for every other kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_from: Option<Timestamp>,
 }
 
 /// A `spotkube.io/interruption` annotation that is not an [`InterruptionNotice`].
@@ -206,9 +212,19 @@ impl InterruptionNotice {
         Ok(serde_json::from_str(value)?)
     }
 
-    /// Whether the node is about to disappear (not merely at elevated risk).
+    /// Whether the node is about to disappear (not merely at elevated risk, and not a
+    /// planned change whose drain has not begun).
     pub fn is_imminent(&self) -> bool {
-        !matches!(self.kind, InterruptionKind::RebalanceRecommendation)
+        match self.kind {
+            InterruptionKind::SpotInterruption => true,
+            InterruptionKind::RebalanceRecommendation => false,
+            InterruptionKind::ScheduledChange => self.drain_from.is_none(),
+        }
+    }
+
+    /// Whether this is a planned change whose drain should have begun by `now`.
+    pub fn drain_due(&self, now: Timestamp) -> bool {
+        self.drain_from.is_some_and(|from| from <= now)
     }
 }
 
@@ -253,6 +269,7 @@ mod tests {
             kind: InterruptionKind::SpotInterruption,
             deadline: Some("2026-11-22T10:02:00Z".parse().unwrap()),
             event_id: Some("abc".into()),
+            drain_from: None,
         };
         let text = notice.to_annotation();
         assert_eq!(
@@ -262,5 +279,26 @@ mod tests {
         assert_eq!(InterruptionNotice::from_annotation(&text).unwrap(), notice);
         assert!(notice.is_imminent());
         assert!(InterruptionNotice::from_annotation("soon").is_err());
+    }
+
+    #[test]
+    fn a_planned_change_is_imminent_only_once_its_drain_began() {
+        let start: Timestamp = "2026-11-28T13:19:03Z".parse().unwrap();
+        let from: Timestamp = "2026-11-28T13:04:03Z".parse().unwrap();
+        let planned = InterruptionNotice {
+            kind: InterruptionKind::ScheduledChange,
+            deadline: Some(start),
+            event_id: Some("c/1".into()),
+            drain_from: Some(from),
+        };
+        assert!(!planned.is_imminent());
+        assert!(!planned.drain_due("2026-11-28T13:04:02Z".parse().unwrap()));
+        assert!(planned.drain_due(from));
+        let draining = InterruptionNotice {
+            drain_from: None,
+            ..planned
+        };
+        assert!(draining.is_imminent());
+        assert!(!draining.drain_due(start));
     }
 }

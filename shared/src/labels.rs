@@ -1,5 +1,5 @@
-//! Well-known Node labels spotkube reads (set by EKS, Karpenter and the kubelet), and the
-//! taint key EKS puts on Fargate nodes.
+//! Well-known Node labels spotkube reads (set by EKS, Karpenter and the kubelet), the
+//! taint key EKS puts on Fargate nodes, and the one label spotkube writes.
 
 /// Karpenter's capacity type label: `spot` / `on-demand`.
 pub const KARPENTER_CAPACITY_TYPE: &str = "karpenter.sh/capacity-type";
@@ -21,3 +21,11 @@ pub const HOSTNAME: &str = "kubernetes.io/hostname";
 
 /// Capacity type labels, in the order they are consulted (a configured label comes first).
 pub const CAPACITY_TYPE_LABELS: &[&str] = &[KARPENTER_CAPACITY_TYPE, EKS_CAPACITY_TYPE];
+
+/// Set by spotkube on a Deployment while a scaled surge is in progress (value
+/// [`SURGING_VALUE`]), in the same write as `spotkube.io/surge-from`, and removed when
+/// the surge ends. Annotations cannot be selected on; this label lets the controller
+/// watch only the Deployments it has to scale back.
+pub const SURGING: &str = "spotkube.io/surging";
+/// The value of [`SURGING`].
+pub const SURGING_VALUE: &str = "true";

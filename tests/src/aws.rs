@@ -49,6 +49,15 @@ pub struct Queues {
     pub dlq_arn: String,
 }
 
+/// Where [`Moto::hold`] stops a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldAt {
+    /// Before moto sees the call: it never happens.
+    Request,
+    /// After moto answered it with messages: the caller never hears.
+    Answer,
+}
+
 /// The EventBridge events spotkube's controller consumes (templates in the fixtures).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
@@ -373,6 +382,45 @@ impl Moto {
             .ok()
             .and_then(|v| v["count"].as_u64())
             .ok_or_else(|| aws_err("calls", format!("unexpected answer {text}")))
+    }
+
+    /// Holds the next call of the SQS (or other JSON-protocol) `action`: at
+    /// [`HoldAt::Request`] before moto sees it, at [`HoldAt::Answer`] once moto answered
+    /// it with messages. Holds are per moto process: use a private [`Moto::start`].
+    pub async fn hold(&self, action: &str, at: HoldAt) -> Result<(), RigError> {
+        let at = match at {
+            HoldAt::Request => "request",
+            HoldAt::Answer => "answer",
+        };
+        self.post("/spotkube/hold", json!({ "action": action, "at": at }))
+            .await?;
+        Ok(())
+    }
+
+    /// The actions whose calls are held now.
+    pub async fn held(&self) -> Result<Vec<String>, RigError> {
+        let resp = reqwest::Client::new()
+            .get(format!("{}/spotkube/hold", self.endpoint))
+            .send()
+            .await
+            .map_err(|e| aws_err("held", e))?;
+        let value: Value = resp.json().await.map_err(|e| aws_err("held", e))?;
+        Ok(value["held"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str().map(String::from))
+            .collect())
+    }
+
+    /// Releases every hold (a held request is answered 503 without reaching moto).
+    pub async fn release(&self) -> Result<(), RigError> {
+        reqwest::Client::new()
+            .delete(format!("{}/spotkube/hold", self.endpoint))
+            .send()
+            .await
+            .map_err(|e| aws_err("release", e))?;
+        Ok(())
     }
 
     /// Clears the InsufficientInstanceCapacity switch.

@@ -47,8 +47,16 @@ Runs moto's own WSGI app in-process and adds, without touching moto's files:
    Every call of every action is counted (throttled ones too): `GET /spotkube/calls`
    answers {"calls": {action: n}}, `GET /spotkube/calls?action=X` {"action": X, "count": n}.
 
-`POST /spotkube/reset` restores the seeded prices and clears the ICE switch, the throttles
-and the call counters (moto's own
+6. Hold switch, to stop the world between two steps of a client (then SIGKILL it there).
+   `POST /spotkube/hold` {"action": "DeleteMessage", "at": "request"} holds the next call
+   of that action before moto sees it; {"action": "ReceiveMessage", "at": "answer"} lets
+   moto answer the next call that returns messages and holds that answer. `GET
+   /spotkube/hold` answers {"held": [actions held now], "armed": [actions still armed]};
+   `DELETE /spotkube/hold` releases everything: a held request is answered 503 without
+   reaching moto, a held answer is sent (to whoever still listens).
+
+`POST /spotkube/reset` restores the seeded prices and clears the ICE switch, the throttles,
+the holds and the call counters (moto's own
 `POST /moto-api/reset` clears moto's backends, not these overrides).
 """
 
@@ -78,7 +86,7 @@ OLD_POINT_FACTOR = 1.10
 
 LOCK = threading.Lock()
 # spot: (type, az, product) -> [(datetime, price)]; throttle/calls: action -> count
-STATE = {"spot": {}, "ice": set(), "throttle": {}, "calls": {}}
+STATE = {"spot": {}, "ice": set(), "throttle": {}, "calls": {}, "armed": {}, "held": []}
 
 
 def utcnow():
@@ -494,6 +502,48 @@ class SpotkubeApp:
             STATE["ice"] = set()
             STATE["throttle"] = {}
             STATE["calls"] = {}
+        self.release_holds()
+
+    def release_holds(self):
+        with LOCK:
+            STATE["armed"] = {}
+            held = STATE.get("held", [])
+            STATE["held"] = []
+        for _, release in held:
+            release.set()
+
+    def hold(self, action):
+        """Blocks the calling request thread until the holds are released."""
+        release = threading.Event()
+        with LOCK:
+            STATE["held"].append((action, release))
+        release.wait()
+
+    def armed(self, action, at):
+        """Whether the next `action` call is to be held `at` this step (and disarms it)."""
+        with LOCK:
+            if STATE["armed"].get(action) != at:
+                return False
+            del STATE["armed"][action]
+            return True
+
+    def held_answer(self, environ, start_response, action):
+        """Lets moto answer; holds the answer when it returns messages."""
+        captured = {}
+
+        def capture(status, headers, exc_info=None):
+            captured["status"], captured["headers"] = status, headers
+            return lambda chunk: None
+
+        body = b"".join(self.moto_app(environ, capture))
+        try:
+            messages = json.loads(body or b"{}").get("Messages") or []
+        except ValueError:
+            messages = []
+        if messages and self.armed(action, "answer"):
+            self.hold(action)
+        start_response(captured["status"], captured["headers"])
+        return [body]
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
@@ -505,6 +555,15 @@ class SpotkubeApp:
         throttled = self.count_call(environ, target)
         if throttled:
             return self.throttle_response(start_response, *throttled)
+        action = target.rsplit(".", 1)[-1] if target else None
+        if action and self.armed(action, "request"):
+            self.hold(action)
+            return json_response(start_response, "503 Service Unavailable", {"__type": "ServiceUnavailable", "message": "released by the test"})
+        if action:
+            with LOCK:
+                answer_armed = STATE["armed"].get(action) == "answer"
+            if answer_armed:
+                return self.held_answer(environ, start_response, action)
         if target.startswith("AWSPriceListService."):
             return self.pricing(environ, start_response, target.split(".", 1)[1])
         return self.moto_app(environ, start_response)
@@ -601,6 +660,22 @@ class SpotkubeApp:
                 with LOCK:
                     STATE["throttle"] = {}
                 return json_response(start_response, "200 OK", {"throttle": {}})
+            if path == "/spotkube/hold" and method == "POST":
+                body = self.read_json(environ)
+                action, at = str(body["action"]), str(body.get("at", "request"))
+                if at not in ("request", "answer"):
+                    raise ValueError(f"at must be request or answer, not {at}")
+                with LOCK:
+                    STATE["armed"][action] = at
+                return json_response(start_response, "200 OK", {"armed": {action: at}})
+            if path == "/spotkube/hold" and method == "GET":
+                with LOCK:
+                    held = [action for action, _ in STATE["held"]]
+                    armed = sorted(STATE["armed"])
+                return json_response(start_response, "200 OK", {"held": held, "armed": armed})
+            if path == "/spotkube/hold" and method == "DELETE":
+                self.release_holds()
+                return json_response(start_response, "200 OK", {"held": []})
             if path == "/spotkube/calls" and method == "GET":
                 query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
                 with LOCK:

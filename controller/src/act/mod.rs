@@ -11,11 +11,13 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::EventType;
 use tracing::Instrument;
 
 use crate::context::Context;
 use crate::decide::Action;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::supervisor::Tasks;
 
 /// What actions need: the process's [`Context`] and the current leadership term's
@@ -38,26 +40,43 @@ impl Actor {
         }
     }
 
-    /// Carries out `actions` in order for the node `node_name`. Evictions run in the
-    /// background until their deadline; everything else is done when this returns.
+    /// Carries out `actions` in order for the node `node_name`. Every action is
+    /// attempted: one that fails (its Deployment deleted meanwhile, an admission
+    /// denial, a conflict) never keeps the others from happening. Each failure is
+    /// counted and reported as a Warning Event on its object; they come back together
+    /// so the caller retries (the message is redelivered, the drain reconcile asks
+    /// again). Evictions run in the background until their deadline.
     pub async fn execute(
         &self,
         node_name: &str,
         actions: Vec<Action>,
         received: Instant,
     ) -> Result<()> {
+        let attempted = actions.len();
+        let mut failures = Vec::new();
         for action in actions {
             let label = action_label(&action);
-            let span = tracing::info_span!(
-                "action",
-                action = label,
-                object = %object_of(&action, node_name)
-            );
-            let result = self.act(node_name, action, received).instrument(span).await;
+            let object = object_of(&action, node_name);
+            let span = tracing::info_span!("action", action = label, object = %object.display());
+            let result = self
+                .act(node_name, action, received)
+                .instrument(span.clone())
+                .await;
             self.ctx.metrics.action_result(label, &result);
-            result?;
+            if let Err(error) = result {
+                span.in_scope(|| tracing::warn!(%error, "action failed; it will be retried"));
+                self.ctx
+                    .event(
+                        &object.reference(),
+                        EventType::Warning,
+                        "SpotkubeActionFailed",
+                        format!("{label} for node {node_name} failed (retried): {error}"),
+                    )
+                    .await;
+                failures.push(error);
+            }
         }
-        Ok(())
+        Error::collect(failures, attempted)
     }
 
     async fn act(&self, node_name: &str, action: Action, received: Instant) -> Result<()> {
@@ -76,7 +95,7 @@ impl Actor {
                 }
                 r
             }
-            Action::CleanNode => taint::clean(self, node_name).await,
+            Action::CleanNode { uncordon } => taint::clean(self, node_name, uncordon).await,
             Action::RestartDeployment {
                 namespace,
                 name,
@@ -124,26 +143,60 @@ impl Drop for Forget {
     }
 }
 
-/// The object an action touches, for its span: `node/N`, `deployment/NS/N`, `pod/NS/N`.
-fn object_of(action: &Action, node_name: &str) -> String {
-    match action {
-        Action::MarkNode { .. } | Action::CleanNode => format!("node/{node_name}"),
+/// The object an action touches: named in its span, and the subject of the Event
+/// when it fails.
+struct Touched {
+    kind: &'static str,
+    api_version: &'static str,
+    namespace: Option<String>,
+    name: String,
+}
+
+impl Touched {
+    /// `node/N`, `deployment/NS/N`, `pod/NS/N`.
+    fn display(&self) -> String {
+        match &self.namespace {
+            Some(namespace) => format!("{}/{namespace}/{}", self.kind.to_lowercase(), self.name),
+            None => format!("{}/{}", self.kind.to_lowercase(), self.name),
+        }
+    }
+
+    fn reference(&self) -> ObjectReference {
+        ObjectReference {
+            api_version: Some(self.api_version.into()),
+            kind: Some(self.kind.into()),
+            namespace: self.namespace.clone(),
+            name: Some(self.name.clone()),
+            ..ObjectReference::default()
+        }
+    }
+}
+
+fn object_of(action: &Action, node_name: &str) -> Touched {
+    let (kind, api_version, namespace, name) = match action {
+        Action::MarkNode { .. } | Action::CleanNode { .. } => ("Node", "v1", None, node_name),
         Action::RestartDeployment {
             namespace, name, ..
         }
         | Action::ScaleDeployment {
             namespace, name, ..
-        } => format!("deployment/{namespace}/{name}"),
+        } => ("Deployment", "apps/v1", Some(namespace), name.as_str()),
         Action::Evict {
             namespace, name, ..
-        } => format!("pod/{namespace}/{name}"),
+        } => ("Pod", "v1", Some(namespace), name.as_str()),
+    };
+    Touched {
+        kind,
+        api_version,
+        namespace: namespace.cloned(),
+        name: name.to_string(),
     }
 }
 
 fn action_label(action: &Action) -> &'static str {
     match action {
         Action::MarkNode { .. } => "mark-node",
-        Action::CleanNode => "clean-node",
+        Action::CleanNode { .. } => "clean-node",
         Action::RestartDeployment { .. } => "restart",
         Action::ScaleDeployment { .. } => "scale",
         Action::Evict { .. } => "evict",

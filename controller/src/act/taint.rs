@@ -67,25 +67,35 @@ pub async fn mark(
     Ok(())
 }
 
-/// Removes spotkube's taint and notice. The Node itself is never deleted: that is the
-/// cloud provider's and the node lifecycle controller's job.
-pub async fn clean(actor: &Actor, node_name: &str) -> Result<()> {
+/// Removes spotkube's taint and notice, and its cordon when the instance came back
+/// (`uncordon`). The Node itself is never deleted: that is the cloud provider's and
+/// the node lifecycle controller's job.
+pub async fn clean(actor: &Actor, node_name: &str, uncordon: bool) -> Result<()> {
     let nodes: Api<Node> = Api::all(actor.ctx.client.clone());
     let node = patch_taints(
         &nodes,
         node_name,
         |taints| taints.retain(|t| t.key != INTERRUPTION_TAINT),
-        |_| {},
+        |spec| {
+            if uncordon {
+                spec["unschedulable"] = json!(false);
+            }
+        },
         json!({ INTERRUPTION: null }),
     )
     .await?;
+    let note = if uncordon {
+        "instance is running again after its interruption window: spotkube's taint, notice and cordon removed"
+    } else {
+        "instance is going, gone, or its scheduled change is over: spotkube's taint and notice removed"
+    };
     actor
         .ctx
         .event(
             &node.object_ref(&()),
             EventType::Normal,
             "InterruptionCleared",
-            "instance is shutting down or terminated: spotkube's taint and notice removed".into(),
+            note.into(),
         )
         .await;
     Ok(())

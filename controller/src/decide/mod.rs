@@ -11,7 +11,7 @@ mod scale_back;
 mod surge;
 
 pub use drain::drain;
-pub use interruption::decide;
+pub use interruption::{Planning, decide, due_marks, node_marks, workloads};
 pub use scale_back::{ScaleBack, scale_back};
 
 use jiff::Timestamp;
@@ -131,8 +131,36 @@ pub enum Action {
         name: String,
         deadline: Option<Timestamp>,
     },
-    /// Remove spotkube's taint and notice (the Node itself is never deleted).
-    CleanNode,
+    /// Remove spotkube's taint and notice (the Node itself is never deleted), and
+    /// spotkube's cordon when the instance came back.
+    CleanNode { uncordon: bool },
+}
+
+impl NodeView {
+    /// The Node as it is once `actions` (its marks) are carried out.
+    pub fn after(&self, actions: &[Action]) -> NodeView {
+        let mut node = self.clone();
+        for action in actions {
+            match action {
+                Action::MarkNode {
+                    effect,
+                    cordon,
+                    notice,
+                } => {
+                    node.taint = Some(*effect);
+                    node.unschedulable |= cordon;
+                    node.notice = Some(notice.clone());
+                }
+                Action::CleanNode { uncordon } => {
+                    node.taint = None;
+                    node.notice = None;
+                    node.unschedulable &= !uncordon;
+                }
+                _ => {}
+            }
+        }
+        node
+    }
 }
 
 /// Eviction through the Eviction API, PDBs respected, until `deadline`.

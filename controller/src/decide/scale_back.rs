@@ -11,6 +11,10 @@ pub enum ScaleBack {
     ScaleTo { replicas: i32 },
     /// Due, but someone changed replicas meanwhile: drop the annotations only.
     Forget,
+    /// Labelled `spotkube.io/surging` without a readable `surge-from` / `surge-until`
+    /// (edited by hand, or the surge ended between a read and a label write): drop the
+    /// label only, so the surging watch stays exact.
+    DropLabel,
 }
 
 /// Scale back only if replicas still equals the surged value (`from + 1`).

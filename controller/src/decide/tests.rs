@@ -21,6 +21,10 @@ const HEALTH: &str = include_str!(concat!(
     "/../testdata/fixtures/events/health-scheduled-change.json"
 ));
 
+fn plan() -> Planning {
+    Planning::default()
+}
+
 fn now() -> Timestamp {
     "2026-11-20T10:15:03Z".parse().unwrap()
 }
@@ -76,7 +80,7 @@ fn key() -> String {
 
 #[test]
 fn interruption_taints_cordons_and_records_kind_deadline_and_event() {
-    let actions = decide(&spot_event(), &node(), &[], now());
+    let actions = decide(&spot_event(), &node(), &[], now(), &plan());
     assert_eq!(
         actions,
         vec![Action::MarkNode {
@@ -86,6 +90,7 @@ fn interruption_taints_cordons_and_records_kind_deadline_and_event() {
                 kind: InterruptionKind::SpotInterruption,
                 deadline: Some("2026-11-20T10:17:00Z".parse().unwrap()),
                 event_id: Some(key()),
+                drain_from: None,
             }
         }]
     );
@@ -98,7 +103,7 @@ fn default_single_replica_deployment_restarts_because_its_strategy_surges() {
         Owner::Deployment(deployment("web", 1)),
         enabled(Surge::Auto),
     )];
-    let actions = decide(&spot_event(), &node(), &pods, now());
+    let actions = decide(&spot_event(), &node(), &pods, now(), &plan());
     assert_eq!(
         actions[1],
         Action::RestartDeployment {
@@ -126,7 +131,7 @@ fn auto_scales_when_the_strategy_cannot_surge() {
         let mut d = deployment("web", 1);
         d.strategy = strategy.clone();
         let pods = [pod("web-1", Owner::Deployment(d), enabled(Surge::Auto))];
-        let actions = decide(&spot_event(), &node(), &pods, now());
+        let actions = decide(&spot_event(), &node(), &pods, now(), &plan());
         assert_eq!(
             actions[1],
             Action::ScaleDeployment {
@@ -172,7 +177,7 @@ fn explicit_scale_scales_with_the_configured_hold() {
         Owner::Deployment(deployment("web", 1)),
         policy,
     )];
-    let actions = decide(&spot_event(), &node(), &pods, now());
+    let actions = decide(&spot_event(), &node(), &pods, now(), &plan());
     let Action::ScaleDeployment { until, .. } = &actions[1] else {
         panic!("{actions:?}")
     };
@@ -186,7 +191,7 @@ fn hpa_managed_deployments_are_restarted_never_scaled() {
     d.strategy = RolloutStrategy::Recreate;
     for surge in [Surge::Scale, Surge::Auto] {
         let pods = [pod("web-1", Owner::Deployment(d.clone()), enabled(surge))];
-        let actions = decide(&spot_event(), &node(), &pods, now());
+        let actions = decide(&spot_event(), &node(), &pods, now(), &plan());
         assert!(
             matches!(actions[1], Action::RestartDeployment { .. }),
             "{surge:?}: {actions:?}"
@@ -216,7 +221,7 @@ fn multi_replica_workloads_are_evicted_after_surges_with_the_deadline() {
             enabled(Surge::Auto),
         ),
     ];
-    let actions = decide(&spot_event(), &node(), &pods, now());
+    let actions = decide(&spot_event(), &node(), &pods, now(), &plan());
     let deadline = Some("2026-11-20T10:17:00Z".parse().unwrap());
     assert!(matches!(actions[1], Action::RestartDeployment { .. }));
     assert_eq!(
@@ -255,7 +260,10 @@ fn daemonset_mirror_bare_finished_and_opted_out_pods_are_left_alone() {
             Policy::default(),
         ),
     ];
-    assert_eq!(decide(&spot_event(), &node(), &pods, now()).len(), 1);
+    assert_eq!(
+        decide(&spot_event(), &node(), &pods, now(), &plan()).len(),
+        1
+    );
 }
 
 #[test]
@@ -265,13 +273,13 @@ fn surge_off_single_replica_is_evicted_not_surged() {
         Owner::Deployment(deployment("web", 1)),
         enabled(Surge::Off),
     )];
-    let actions = decide(&spot_event(), &node(), &pods, now());
+    let actions = decide(&spot_event(), &node(), &pods, now(), &plan());
     assert!(matches!(actions[1], Action::Evict { .. }));
 }
 
 #[test]
 fn deciding_again_on_an_acted_node_surges_nothing_twice() {
-    let first = decide(&spot_event(), &node(), &[], now());
+    let first = decide(&spot_event(), &node(), &[], now(), &plan());
     let Action::MarkNode { notice, .. } = &first[0] else {
         panic!()
     };
@@ -290,7 +298,10 @@ fn deciding_again_on_an_acted_node_surges_nothing_twice() {
         pod("batch-1", Owner::Deployment(scaled), enabled(Surge::Scale)),
         // Two pods of one Deployment on one node: one surge.
     ];
-    assert_eq!(decide(&spot_event(), &acted_node, &pods, now()), vec![]);
+    assert_eq!(
+        decide(&spot_event(), &acted_node, &pods, now(), &plan()),
+        vec![]
+    );
 }
 
 #[test]
@@ -300,7 +311,10 @@ fn one_surge_per_deployment_even_with_two_pods_on_the_node() {
         pod("web-old", d.clone(), enabled(Surge::Auto)),
         pod("web-new", d, enabled(Surge::Auto)),
     ];
-    assert_eq!(decide(&spot_event(), &node(), &pods, now()).len(), 2);
+    assert_eq!(
+        decide(&spot_event(), &node(), &pods, now(), &plan()).len(),
+        2
+    );
 }
 
 #[test]
@@ -321,7 +335,7 @@ fn rebalance_prefers_no_schedule_and_moves_single_replica_statefulsets_early() {
             enabled(Surge::Auto),
         ),
     ];
-    let actions = decide(&event, &node(), &pods, now());
+    let actions = decide(&event, &node(), &pods, now(), &plan());
     assert_eq!(
         actions,
         vec![
@@ -332,6 +346,7 @@ fn rebalance_prefers_no_schedule_and_moves_single_replica_statefulsets_early() {
                     kind: InterruptionKind::RebalanceRecommendation,
                     deadline: None,
                     event_id: Some(event.dedupe_key()),
+                    drain_from: None,
                 }
             },
             Action::Evict {
@@ -345,7 +360,8 @@ fn rebalance_prefers_no_schedule_and_moves_single_replica_statefulsets_early() {
 
 #[test]
 fn rebalance_after_an_interruption_changes_nothing() {
-    let Action::MarkNode { notice, .. } = decide(&spot_event(), &node(), &[], now()).remove(0)
+    let Action::MarkNode { notice, .. } =
+        decide(&spot_event(), &node(), &[], now(), &plan()).remove(0)
     else {
         panic!()
     };
@@ -356,13 +372,13 @@ fn rebalance_after_an_interruption_changes_nothing() {
         ..node()
     };
     let event = events::parse(REBALANCE).unwrap();
-    assert_eq!(decide(&event, &interrupted, &[], now()), vec![]);
+    assert_eq!(decide(&event, &interrupted, &[], now(), &plan()), vec![]);
 }
 
 #[test]
 fn scheduled_change_records_its_start_as_deadline() {
     let event = events::parse(HEALTH).unwrap();
-    let actions = decide(&event, &node(), &[], now());
+    let actions = decide(&event, &node(), &[], now(), &plan());
     let Action::MarkNode { effect, notice, .. } = &actions[0] else {
         panic!()
     };
@@ -377,16 +393,215 @@ fn scheduled_change_records_its_start_as_deadline() {
 #[test]
 fn shutting_down_cleans_a_marked_node_and_ignores_a_clean_one() {
     let event = events::parse(STATE).unwrap();
-    assert_eq!(decide(&event, &node(), &[], now()), vec![]);
+    assert_eq!(decide(&event, &node(), &[], now(), &plan()), vec![]);
     let marked = NodeView {
         taint: Some(TaintEffect::NoSchedule),
+        unschedulable: true,
         ..node()
     };
-    assert_eq!(decide(&event, &marked, &[], now()), vec![Action::CleanNode]);
+    // Going away: the marks go, the cordon stays (nothing may land there).
+    assert_eq!(
+        decide(&event, &marked, &[], now(), &plan()),
+        vec![Action::CleanNode { uncordon: false }]
+    );
+}
+
+fn state_change(state: &str, time: &str) -> SpotEvent {
     let mut value: serde_json::Value = serde_json::from_str(STATE).unwrap();
-    value["detail"]["state"] = "running".into();
-    let running = events::parse(&value.to_string()).unwrap();
-    assert_eq!(decide(&running, &marked, &[], now()), vec![]);
+    value["detail"]["state"] = state.into();
+    value["time"] = time.into();
+    events::parse(&value.to_string()).unwrap()
+}
+
+/// A spot instance whose interruption behaviour is `stop` (or `hibernate`) comes back.
+#[test]
+fn running_again_after_the_deadline_cleans_and_uncordons_a_stop_marked_node() {
+    let [mark] = &decide(&spot_event(), &node(), &[], now(), &plan())[..] else {
+        panic!("one mark")
+    };
+    let stopped = node().after(std::slice::from_ref(mark));
+    assert!(stopped.unschedulable);
+    let deadline = stopped.notice.as_ref().unwrap().deadline.unwrap();
+    // A stale `running` from before the warning's deadline changes nothing...
+    let early = state_change("running", "2026-11-20T10:16:00Z");
+    assert!(early.envelope.time < deadline);
+    assert_eq!(decide(&early, &stopped, &[], now(), &plan()), vec![]);
+    // ...the instance running again afterwards takes spotkube's marks and cordon away.
+    let back = state_change("running", "2026-11-20T11:30:00Z");
+    let actions = decide(&back, &stopped, &[], now(), &plan());
+    assert_eq!(actions, vec![Action::CleanNode { uncordon: true }]);
+    let cleaned = stopped.after(&actions);
+    assert_eq!(
+        (cleaned.taint, cleaned.notice, cleaned.unschedulable),
+        (None, None, false)
+    );
+    // Stopping or pending never cleans.
+    for state in ["stopping", "stopped", "pending"] {
+        let event = state_change(state, "2026-11-20T11:30:00Z");
+        assert_eq!(
+            decide(&event, &stopped, &[], now(), &plan()),
+            vec![],
+            "{state}"
+        );
+    }
+}
+
+fn health(status: &str) -> SpotEvent {
+    let mut value: serde_json::Value = serde_json::from_str(HEALTH).unwrap();
+    value["detail"]["statusCode"] = status.into();
+    events::parse(&value.to_string()).unwrap()
+}
+
+fn health_time() -> Timestamp {
+    events::parse(HEALTH).unwrap().envelope.time
+}
+
+fn single_replica_pods() -> Vec<PodView> {
+    vec![
+        pod(
+            "web-1",
+            Owner::Deployment(deployment("web", 1)),
+            enabled(Surge::Auto),
+        ),
+        pod(
+            "api-1",
+            Owner::Deployment(deployment("api", 3)),
+            enabled(Surge::Auto),
+        ),
+        pod(
+            "db-0",
+            Owner::StatefulSet {
+                name: "db".into(),
+                replicas: 1,
+            },
+            enabled(Surge::Auto),
+        ),
+    ]
+}
+
+/// Days ahead of a scheduled change nothing drains: the node is only avoided.
+#[test]
+fn a_scheduled_change_is_planned_until_its_lead_time() {
+    let event = health("upcoming");
+    let at = health_time();
+    let actions = decide(&event, &node(), &single_replica_pods(), at, &plan());
+    let start: Timestamp = "2026-11-28T13:19:03Z".parse().unwrap();
+    assert_eq!(
+        actions,
+        vec![Action::MarkNode {
+            effect: TaintEffect::PreferNoSchedule,
+            cordon: false,
+            notice: InterruptionNotice {
+                kind: InterruptionKind::ScheduledChange,
+                deadline: Some(start),
+                event_id: Some(event.dedupe_key()),
+                drain_from: Some("2026-11-28T13:04:03Z".parse().unwrap()),
+            },
+        }]
+    );
+    let marked = node().after(&actions);
+    assert_eq!(drain(&marked, &single_replica_pods(), at), vec![]);
+    assert_eq!(due_marks(&marked, at), vec![]);
+    // A redelivery or the backup region's copy changes nothing.
+    assert_eq!(
+        decide(&event, &marked, &single_replica_pods(), at, &plan()),
+        vec![]
+    );
+
+    // From the lead time on it is drained like an interruption, start as deadline.
+    let due: Timestamp = "2026-11-28T13:04:03Z".parse().unwrap();
+    let escalation = due_marks(&marked, due);
+    let [
+        Action::MarkNode {
+            effect: TaintEffect::NoSchedule,
+            cordon: true,
+            notice,
+        },
+    ] = &escalation[..]
+    else {
+        panic!("{escalation:?}")
+    };
+    assert!(notice.is_imminent());
+    let draining = marked.after(&escalation);
+    let work = drain(&draining, &single_replica_pods(), due);
+    assert!(
+        matches!(&work[0], Action::RestartDeployment { name, .. } if name == "web"),
+        "{work:?}"
+    );
+    assert_eq!(
+        work.len(),
+        3,
+        "web surged, api-1 and db-0 evicted: {work:?}"
+    );
+    // A later event for the same node keeps the surge key: nothing surges twice.
+    let spot = spot_event();
+    let later = decide(&spot, &draining, &single_replica_pods(), due, &plan());
+    let Action::MarkNode {
+        notice: spot_notice,
+        ..
+    } = &later[0]
+    else {
+        panic!("{later:?}")
+    };
+    assert_eq!(spot_notice.event_id, Some(event.dedupe_key()));
+}
+
+#[test]
+fn a_scheduled_change_inside_its_lead_time_drains_at_once() {
+    let event = health("open");
+    let at: Timestamp = "2026-11-28T13:10:00Z".parse().unwrap();
+    let actions = decide(&event, &node(), &single_replica_pods(), at, &plan());
+    let Action::MarkNode {
+        effect,
+        cordon,
+        notice,
+    } = &actions[0]
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (*effect, *cordon, notice.drain_from),
+        (TaintEffect::NoSchedule, true, None)
+    );
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::RestartDeployment { .. }))
+    );
+}
+
+#[test]
+fn a_closed_scheduled_change_clears_its_marks_and_no_one_elses() {
+    let at = health_time();
+    let planned = node().after(&decide(&health("upcoming"), &node(), &[], at, &plan()));
+    assert_eq!(
+        decide(&health("closed"), &planned, &[], at, &plan()),
+        vec![Action::CleanNode { uncordon: false }]
+    );
+    let draining = planned.after(&due_marks(
+        &planned,
+        "2026-11-28T13:05:00Z".parse().unwrap(),
+    ));
+    assert_eq!(
+        decide(&health("closed"), &draining, &[], at, &plan()),
+        vec![Action::CleanNode { uncordon: true }]
+    );
+    // A spot interruption's marks are not the Health event's to clear.
+    let interrupted = node().after(&decide(&spot_event(), &node(), &[], now(), &plan()));
+    assert_eq!(
+        decide(&health("closed"), &interrupted, &[], at, &plan()),
+        vec![]
+    );
+    assert_eq!(decide(&health("closed"), &node(), &[], at, &plan()), vec![]);
+}
+
+#[test]
+fn a_scheduled_change_never_weakens_an_interruption() {
+    let interrupted = node().after(&decide(&spot_event(), &node(), &[], now(), &plan()));
+    assert_eq!(
+        decide(&health("upcoming"), &interrupted, &[], now(), &plan()),
+        vec![]
+    );
 }
 
 #[test]
@@ -405,7 +620,8 @@ fn scale_back_only_when_due_and_untouched() {
 
 #[test]
 fn drain_protects_what_remains_until_the_deadline_only() {
-    let Action::MarkNode { notice, .. } = decide(&spot_event(), &node(), &[], now()).remove(0)
+    let Action::MarkNode { notice, .. } =
+        decide(&spot_event(), &node(), &[], now(), &plan()).remove(0)
     else {
         panic!()
     };
@@ -438,7 +654,8 @@ fn drain_protects_what_remains_until_the_deadline_only() {
     assert_eq!(drain(&marked, &pods, late), vec![]);
     // A rebalance notice is no reason to drain.
     let event = events::parse(REBALANCE).unwrap();
-    let Action::MarkNode { notice, .. } = decide(&event, &node(), &[], now()).remove(0) else {
+    let Action::MarkNode { notice, .. } = decide(&event, &node(), &[], now(), &plan()).remove(0)
+    else {
         panic!()
     };
     let rebalanced = NodeView {

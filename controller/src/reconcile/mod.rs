@@ -5,10 +5,12 @@
 //! - [`drain`]: protect what still runs on a marked Node until its deadline.
 //! - [`scale_back`]: end scaled surges whose hold is over.
 //! - [`ranking`]: refresh and publish the price ranking.
+//! - [`unscheduled`]: report pods spotkube's scheduler has not picked up (it is down).
 
 pub mod drain;
 pub mod ranking;
 pub mod scale_back;
+pub mod unscheduled;
 
 use std::time::Duration;
 

@@ -105,6 +105,15 @@ impl Served {
         assert!(missing.is_empty(), "never requested: {missing:?}");
     }
 
+    /// Waits until every scripted request came (or `timeout` passed): for work an
+    /// action leaves running, such as a rollout follow. Then [`Served::check`].
+    pub async fn settled(&self, timeout: std::time::Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        while !self.pending.lock().unwrap().is_empty() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     fn answer(&self, method: &Method, uri: &http::Uri, body: &Value) -> Response<Body> {
         let Some(expect) = self.pending.lock().unwrap().pop_front() else {
             return self.fail(format!("unexpected {method} {uri}"));
@@ -194,5 +203,21 @@ pub fn node(name: &str, instance: &str, resource_version: &str) -> Value {
         "apiVersion": "v1", "kind": "Node",
         "metadata": { "name": name, "resourceVersion": resource_version },
         "spec": { "providerID": format!("aws:///us-east-1a/{instance}") },
+    })
+}
+
+/// Deployment `shop/web` at `resource_version` with `replicas` and `annotations`.
+pub fn deployment(resource_version: &str, replicas: i32, annotations: Value) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {
+            "name": "web", "namespace": "shop", "resourceVersion": resource_version,
+            "generation": 2, "annotations": annotations,
+        },
+        "spec": { "replicas": replicas, "selector": {}, "template": {} },
+        "status": {
+            "observedGeneration": 2, "replicas": replicas,
+            "updatedReplicas": replicas, "availableReplicas": replicas,
+        },
     })
 }

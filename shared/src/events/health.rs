@@ -20,6 +20,8 @@ pub struct ScheduledChange {
     pub affected_account: Option<String>,
     pub start: Option<Timestamp>,
     pub end: Option<Timestamp>,
+    /// `closed` once the change is over or was cancelled: marks for it can go.
+    pub status: HealthStatus,
     /// The affected instances (entities that are not instances are skipped).
     pub instance_ids: Vec<String>,
 }
@@ -32,6 +34,16 @@ impl ScheduledChange {
             self.affected_account.as_deref().unwrap_or("-")
         )
     }
+}
+
+/// The Health event's `statusCode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    Upcoming,
+    #[default]
+    Open,
+    Closed,
 }
 
 #[derive(Deserialize)]
@@ -47,6 +59,8 @@ struct Detail {
     start_time: Option<String>,
     #[serde(default)]
     end_time: Option<String>,
+    #[serde(default)]
+    status_code: HealthStatus,
     #[serde(default)]
     affected_entities: Vec<Entity>,
 }
@@ -85,6 +99,7 @@ pub fn parse(envelope: &Envelope, detail: serde_json::Value) -> Result<EventDeta
         affected_account: detail.affected_account.or_else(|| envelope.account.clone()),
         start: detail.start_time.as_deref().map(rfc1123).transpose()?,
         end: detail.end_time.as_deref().map(rfc1123).transpose()?,
+        status: detail.status_code,
         instance_ids,
     }))
 }

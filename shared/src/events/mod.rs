@@ -16,7 +16,7 @@ use jiff::Timestamp;
 use serde::Deserialize;
 
 pub use envelope::Envelope;
-pub use health::ScheduledChange;
+pub use health::{HealthStatus, ScheduledChange};
 pub use spot_interruption::InstanceAction;
 pub use state_change::InstanceState;
 

@@ -72,6 +72,7 @@ fn health_scheduled_change_reads_rfc1123_times_and_arn_entities() {
     assert_eq!(change.instance_ids, vec!["i-0f9e8d7c6b5a43210".to_string()]);
     assert_eq!(change.start, Some(ts("2026-11-28T13:19:03Z")));
     assert_eq!(change.end, Some(ts("2026-11-28T13:49:03Z")));
+    assert_eq!(change.status, HealthStatus::Upcoming);
     assert_eq!(
         event.dedupe_key(),
         "7c1e9a2b4d6f8a0c1e3f5a7b9d1c3e5f-1/111122223333"
@@ -89,6 +90,17 @@ fn health_entities_may_be_bare_ids_and_the_backup_region_copy_dedupes() {
     let second = parse(&value.to_string()).unwrap();
     assert_eq!(first.instance_ids(), vec!["i-0f9e8d7c6b5a43210"]);
     assert_eq!(first.dedupe_key(), second.dedupe_key());
+}
+
+#[test]
+fn a_closed_health_event_says_so() {
+    let mut value: serde_json::Value =
+        serde_json::from_str(&fixture("health-scheduled-change.json")).unwrap();
+    value["detail"]["statusCode"] = "closed".into();
+    let EventDetail::ScheduledChange(change) = parse(&value.to_string()).unwrap().detail else {
+        panic!("not a scheduled change")
+    };
+    assert_eq!(change.status, HealthStatus::Closed);
 }
 
 #[test]

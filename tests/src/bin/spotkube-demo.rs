@@ -32,6 +32,8 @@ const SCHEDULER: &str = "spotkube-scheduler";
 const INTERRUPTION: &str = "spotkube.io/interruption";
 /// AWS gives two minutes; the demo's instance dies 30 s after the warning.
 const DEADLINE: Duration = Duration::from_secs(30);
+/// The PodDisruptionBudget of `api` (3 replicas).
+const API_MIN_AVAILABLE: i32 = 2;
 /// The spot fleet per AZ: the types the ranking puts first and last, plus a type it never
 /// ranks and an on-demand node (the fallback capacity).
 const FLEET: &[(&str, Capacity)] = &[
@@ -174,7 +176,7 @@ async fn run() -> anyhow::Result<()> {
         workloads::create_with_service(&client, NAMESPACE, &workloads::deployment(name, replicas))
             .await?;
     }
-    create_pdb(&client, "api", 2).await?;
+    create_pdb(&client, "api", API_MIN_AVAILABLE).await?;
     for name in ["web", "api"] {
         wait_for_rollout(&client, NAMESPACE, name, Duration::from_secs(90)).await?;
     }
@@ -183,6 +185,19 @@ async fn run() -> anyhow::Result<()> {
         .iter()
         .map(|(n, instance_type)| (n.name.as_str(), (*instance_type, n.zone.as_str())))
         .collect();
+    let spot: Vec<&str> = fleet
+        .iter()
+        .filter(|(n, _)| {
+            matches!(
+                n.kind,
+                spotkube_rig::NodeKind::Ec2 {
+                    capacity: Capacity::Spot,
+                    ..
+                }
+            )
+        })
+        .map(|(n, _)| n.name.as_str())
+        .collect();
     for (pod, node) in &placement {
         let (instance_type, zone) = node_types.get(node.as_str()).copied().unwrap_or(("?", "?"));
         let rank = ranking
@@ -190,6 +205,8 @@ async fn run() -> anyhow::Result<()> {
             .map_or("unranked".to_string(), |r| format!("rank {r}"));
         println!("    {pod:<28} → {node} ({instance_type}, {zone}, {rank})");
     }
+    check_rank_one(&placement, &node_types, &spot, &ranking)?;
+    println!("    every pod is on a rank-1 spot node of its AZ");
     let victim = placement
         .iter()
         .find(|(pod, _)| pod.starts_with("web-"))
@@ -202,7 +219,7 @@ async fn run() -> anyhow::Result<()> {
         .context("web's node is not one of the demo's")?;
 
     step(&format!(
-        "Spot interruption warning for {victim_instance} ({victim}) through SQS; the instance dies {DEADLINE:?} later"
+        "Spot interruption warning for {victim_instance} ({victim}) through SQS; the instance dies {DEADLINE:?} later (seconds after the event)"
     ));
     let timeline = Timeline::start();
     let watch = Watch::start(client.clone(), victim.clone(), timeline.clone());
@@ -215,6 +232,7 @@ async fn run() -> anyhow::Result<()> {
     .await?;
     timeline.mark("event put on the SQS queue");
     tokio::time::sleep(DEADLINE).await;
+    watch.instance_dies();
     kill_node(&client, &victim).await?;
     timeline.mark(&format!(
         "instance terminated: its pods and Node {victim} are gone"
@@ -227,10 +245,17 @@ async fn run() -> anyhow::Result<()> {
     })
     .await?;
     timeline.mark("all workloads Ready on the remaining nodes; queue empty");
-    let minimum = watch.finish().await;
+    let observed = watch.finish().await;
+    let minimum = observed.minimum;
+    check_pdb_respected(
+        observed.api_drained,
+        minimum.get("api").copied(),
+        API_MIN_AVAILABLE,
+    )?;
+    println!(
+        "    PDB respected: `api` left {victim} before it died and never had fewer than {API_MIN_AVAILABLE} ready endpoints"
+    );
 
-    step("Timeline (seconds after the event)");
-    timeline.print();
     step("Minimum ready endpoints per Service during the interruption (polled every 100 ms)");
     let mut dark = Vec::new();
     for (service, min) in &minimum {
@@ -299,7 +324,7 @@ async fn kill_node(client: &kube::Client, node: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Timestamped milestones, printed as they happen and again at the end.
+/// Timestamped milestones, printed once, as they happen.
 #[derive(Clone)]
 struct Timeline {
     origin: Instant,
@@ -315,18 +340,11 @@ impl Timeline {
     }
 
     fn mark(&self, what: &str) {
+        // Under the lock: the watch task marks concurrently, and lines stay in order.
+        let mut marks = self.marks.lock().expect("timeline");
         let at = self.origin.elapsed();
         println!("    +{:>6.2}s  {what}", at.as_secs_f64());
-        self.marks
-            .lock()
-            .expect("timeline")
-            .push((at, what.to_string()));
-    }
-
-    fn print(&self) {
-        for (at, what) in self.marks.lock().expect("timeline").iter() {
-            println!("    +{:>6.2}s  {what}", at.as_secs_f64());
-        }
+        marks.push((at, what.to_string()));
     }
 }
 
@@ -334,12 +352,25 @@ impl Timeline {
 /// each minimum), and the first Ready `web` endpoint on another node.
 struct Watch {
     stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<BTreeMap<String, usize>>,
+    /// Set when the instance dies: `api` leaving the node after that is no drain.
+    dead: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Observed>,
+}
+
+/// What the watch saw during the interruption.
+#[derive(Default)]
+struct Observed {
+    /// Each Service's fewest ready endpoints.
+    minimum: BTreeMap<String, usize>,
+    /// `api` had no pod left on the victim while the instance still ran.
+    api_drained: bool,
 }
 
 impl Watch {
     fn start(client: kube::Client, victim: String, timeline: Timeline) -> Self {
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let dead = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let instance_dead = dead.clone();
         let task = tokio::spawn(async move {
             let nodes: Api<Node> = Api::all(client.clone());
             let slices: Api<EndpointSlice> = Api::namespaced(client, NAMESPACE);
@@ -401,10 +432,14 @@ impl Watch {
                             }
                         }
                     }
-                    if tainted && !evicted && api_on_victim == 0 {
+                    if tainted
+                        && !evicted
+                        && api_on_victim == 0
+                        && !instance_dead.load(std::sync::atomic::Ordering::SeqCst)
+                    {
                         evicted = true;
                         timeline.mark(&format!(
-                            "`api` has no pod left on {victim} (Eviction API, PDB respected); {} ready elsewhere",
+                            "`api` has no pod left on {victim} (Eviction API); {} ready elsewhere",
                             ready.get("api").copied().unwrap_or(0)
                         ));
                     }
@@ -419,13 +454,130 @@ impl Watch {
                     _ = stopped.changed() => {}
                 }
             }
-            minimum
+            Observed {
+                minimum,
+                api_drained: evicted,
+            }
         });
-        Self { stop, task }
+        Self { stop, dead, task }
     }
 
-    async fn finish(self) -> BTreeMap<String, usize> {
+    fn instance_dies(&self) {
+        self.dead.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    async fn finish(self) -> Observed {
         let _ = self.stop.send(true);
         self.task.await.unwrap_or_default()
+    }
+}
+
+/// "The webhook and the extender put them on the rank-1 spot nodes": every pod is on a
+/// spot node whose instance type ranks first in the node's AZ.
+fn check_rank_one(
+    placement: &BTreeMap<String, String>,
+    node_types: &BTreeMap<&str, (&str, &str)>,
+    spot: &[&str],
+    ranking: &Ranking,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(!placement.is_empty(), "no pod placed");
+    let misplaced: Vec<String> = placement
+        .iter()
+        .filter(|(_, node)| {
+            let rank_one = node_types
+                .get(node.as_str())
+                .is_some_and(|(t, zone)| ranking.rank_of(zone, t) == Some(1));
+            !(rank_one && spot.contains(&node.as_str()))
+        })
+        .map(|(pod, node)| format!("{pod} on {node}"))
+        .collect();
+    anyhow::ensure!(
+        misplaced.is_empty(),
+        "pods not on a rank-1 spot node: {misplaced:?}"
+    );
+    Ok(())
+}
+
+/// "PDB respected": `api` left the node before the instance died, through evictions
+/// that never took it below the budget's `minAvailable` ready endpoints.
+fn check_pdb_respected(
+    drained: bool,
+    fewest_ready: Option<usize>,
+    min_available: i32,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        drained,
+        "`api` still had a pod on the node when the instance died"
+    );
+    let fewest = fewest_ready.unwrap_or(0);
+    anyhow::ensure!(
+        fewest >= min_available as usize,
+        "`api` fell to {fewest} ready endpoints, below its PDB's minAvailable {min_available}"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ranked(rank: u32, instance_type: &str) -> spotkube_shared::ranking::RankedType {
+        spotkube_shared::ranking::RankedType {
+            rank,
+            instance_type: instance_type.into(),
+            spot_usd_per_hour: 0.1,
+            on_demand_usd_per_hour: 0.5,
+            savings_percent: 80.0,
+            vcpu: 2,
+            memory_gib: 8.0,
+            interruption_band: None,
+            score: 0.05,
+        }
+    }
+
+    fn ranking() -> Ranking {
+        Ranking {
+            schema_version: spotkube_shared::ranking::SCHEMA_VERSION.into(),
+            computed_at: jiff::Timestamp::UNIX_EPOCH,
+            source: "test".into(),
+            region: None,
+            criteria: None,
+            zones: BTreeMap::from([(
+                "us-east-1a".to_string(),
+                vec![ranked(1, "c7g.4xlarge"), ranked(2, "m7g.large")],
+            )]),
+        }
+    }
+
+    #[test]
+    fn a_pod_off_a_rank_one_spot_node_fails_the_demo() {
+        let node_types = BTreeMap::from([
+            ("spot-c7g", ("c7g.4xlarge", "us-east-1a")),
+            ("spot-m7g", ("m7g.large", "us-east-1a")),
+            ("od-c7g", ("c7g.4xlarge", "us-east-1a")),
+        ]);
+        let spot = ["spot-c7g", "spot-m7g"];
+        let on = |node: &str| BTreeMap::from([("web-1".to_string(), node.to_string())]);
+        let ranking = ranking();
+        assert!(check_rank_one(&on("spot-c7g"), &node_types, &spot, &ranking).is_ok());
+        let rank_two = check_rank_one(&on("spot-m7g"), &node_types, &spot, &ranking);
+        assert!(
+            rank_two
+                .unwrap_err()
+                .to_string()
+                .contains("web-1 on spot-m7g")
+        );
+        assert!(check_rank_one(&on("od-c7g"), &node_types, &spot, &ranking).is_err());
+        assert!(check_rank_one(&BTreeMap::new(), &node_types, &spot, &ranking).is_err());
+    }
+
+    #[test]
+    fn the_pdb_claim_needs_a_drain_before_the_death_and_never_fewer_than_min_available() {
+        assert!(check_pdb_respected(true, Some(2), 2).is_ok());
+        assert!(check_pdb_respected(true, Some(3), 2).is_ok());
+        let below = check_pdb_respected(true, Some(1), 2).unwrap_err();
+        assert!(below.to_string().contains("fell to 1"), "{below}");
+        assert!(check_pdb_respected(false, Some(3), 2).is_err());
+        assert!(check_pdb_respected(true, None, 2).is_err());
     }
 }
