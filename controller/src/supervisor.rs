@@ -118,8 +118,10 @@ impl Term {
         let token = self.tasks.token.clone();
         let mut failed = None;
         tokio::select! {
+            // Token first: a loop that ends because the term ended is no failure.
+            biased;
             _ = token.cancelled() => {}
-            Some(ended) = self.loops.join_next() => {
+            Some(ended) = self.loops.join_next(), if !token.is_cancelled() => {
                 let name = match ended {
                     Ok(name) => name.to_string(),
                     Err(error) => format!("a loop panicked: {error}"),

@@ -217,15 +217,20 @@ fn follow(actor: Actor, api: Api<Deployment>, name: String, received: Instant) {
     });
 }
 
-/// The rollout is observed and every desired replica is updated and available.
+/// The rollout is done as `kubectl rollout status` judges it: observed, every desired
+/// replica updated, no old replica left, and every updated one available. (Available
+/// replicas alone would count the old pod: a restart's replacement still Pending
+/// would pass for Ready.)
 fn replacement_ready(d: &Deployment) -> bool {
     let (Some(spec), Some(status)) = (d.spec.as_ref(), d.status.as_ref()) else {
         return false;
     };
     let desired = spec.replicas.unwrap_or(1);
+    let updated = status.updated_replicas.unwrap_or(0);
     status.observed_generation >= d.metadata.generation
-        && status.updated_replicas.unwrap_or(0) >= desired
-        && status.available_replicas.unwrap_or(0) >= desired
+        && updated >= desired
+        && status.replicas.unwrap_or(0) <= updated
+        && status.available_replicas.unwrap_or(0) >= updated
 }
 
 /// Ends a surge whose hold is over, as `decision` says, under the resourceVersion it
@@ -293,5 +298,31 @@ pub async fn end_surge(
             format_args!("deployment/{namespace}/{name}"),
             e,
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(replicas: i32, updated: i32, available: i32) -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": { "name": "web", "generation": 2 },
+            "spec": { "replicas": 1, "selector": {}, "template": {} },
+            "status": {
+                "observedGeneration": 2, "replicas": replicas,
+                "updatedReplicas": updated, "availableReplicas": available,
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_restart_is_done_once_the_old_pod_is_gone_and_the_new_one_available() {
+        // The replacement is created but Pending; the old pod is still available.
+        assert!(!replacement_ready(&deployment(2, 1, 1)));
+        // Both available, the old one not yet gone.
+        assert!(!replacement_ready(&deployment(2, 1, 2)));
+        assert!(replacement_ready(&deployment(1, 1, 1)));
     }
 }
