@@ -654,3 +654,115 @@ async fn killed_between_receive_and_action_the_message_is_acted_on_once_after_re
         .await,
     )
 }
+
+/// A validating webhook that never answers, for the Nodes labelled
+/// `spotkube.test/slow=<namespace>` only: every write to such a Node waits out the
+/// webhook's timeout (failurePolicy Ignore lets it through then). The listener
+/// accepts connections and never speaks, so the API server's TLS handshake hangs.
+async fn slow_node_writes(
+    client: &kube::Client,
+    namespace: &str,
+    ca_pem: &str,
+    timeout_seconds: i32,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use base64::Engine;
+    use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let config = json!({
+        "metadata": { "name": format!("{namespace}-slow-nodes") },
+        "webhooks": [{
+            "name": "slow.spotkube.test",
+            "clientConfig": {
+                "url": format!("https://127.0.0.1:{port}/slow"),
+                "caBundle": base64::engine::general_purpose::STANDARD.encode(ca_pem),
+            },
+            "rules": [{ "apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"],
+                        "resources": ["nodes"] }],
+            "objectSelector": { "matchLabels": { "spotkube.test/slow": namespace } },
+            "failurePolicy": "Ignore",
+            "timeoutSeconds": timeout_seconds,
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+        }],
+    });
+    Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .create(&PostParams::default(), &serde_json::from_value(config)?)
+        .await?;
+    Ok(silent)
+}
+
+/// Two messages, the first about a node whose every write is slowed to 8 s: the
+/// second node is marked at once, not after the first message is done.
+#[tokio::test]
+async fn a_slow_message_never_delays_another_nodes_taint() -> anyhow::Result<()> {
+    let s = Setup::start("safety-slow", &[]).await?;
+    let test = &s.test;
+    test.report(
+        async {
+            let cluster = Cluster::shared().await?;
+            let slow = FakeNode::spot("m7g.large", "us-east-1c")
+                .with_label(POOL, &test.name)
+                .with_label("spotkube.test/slow", &test.name);
+            slow.create(&test.client).await?;
+            let _silent =
+                slow_node_writes(&test.client, &test.name, &cluster.pki.ca.files.cert_pem, 8)
+                    .await?;
+            // The slow message needs its 8 s: a deadline and visibility timeout above it.
+            let options = s
+                .moto
+                .controller_options(&s.queues.url, &test.name)
+                .arg("--visibility-timeout=30s")
+                .arg("--message-deadline=20s");
+            let _controller = cluster.start_controller(options).await?;
+            let nodes: Api<Node> = Api::all(test.client.clone());
+            let marked = |name: String| {
+                let nodes = nodes.clone();
+                async move {
+                    let node = nodes.get(&name).await?;
+                    Ok::<_, anyhow::Error>(
+                        node.metadata
+                            .annotations
+                            .is_some_and(|a| a.contains_key(INTERRUPTION)),
+                    )
+                }
+            };
+            let started = Instant::now();
+            s.moto
+                .send_event(
+                    &s.queues.url,
+                    EventKind::SpotInterruptionWarning,
+                    &slow.instance_id,
+                    jiff::Timestamp::now(),
+                )
+                .await?;
+            // The slow node's message is in progress (its taint waits on the webhook)...
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let sent = s.interrupt().await?;
+            // ...and the other node's is not held behind it.
+            s.wait_marked(sent, Duration::from_secs(4)).await?;
+            let fast = started.elapsed();
+            anyhow::ensure!(
+                !marked(slow.name.clone()).await?,
+                "the slow node was not slowed"
+            );
+            wait_for("the slow node marked", Duration::from_secs(30), || async {
+                Ok(marked(slow.name.clone()).await?.then_some(()))
+            })
+            .await?;
+            anyhow::ensure!(
+                started.elapsed() > fast,
+                "the slow node ({:?}) was marked before the other ({fast:?})",
+                started.elapsed()
+            );
+            Ok(())
+        }
+        .await,
+    )
+}
