@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use spotkube_shared::telemetry::LogFormat;
 
 use crate::cli;
+use crate::notify::WebhookUrl;
 
 #[derive(Parser)]
 #[command(
@@ -115,4 +116,14 @@ pub struct RunArgs {
     /// warns that the scheduler is not running.
     #[arg(long, env = "SPOTKUBE_UNSCHEDULED_AFTER", default_value = "60s", value_parser = spotkube_shared::config::positive_duration)]
     pub unscheduled_after: Duration,
+    /// A Slack incoming webhook to notify (a secret: its value is never shown).
+    #[arg(long, env = "SPOTKUBE_SLACK_WEBHOOK_URL", hide_env_values = true, value_parser = WebhookUrl::from_flag)]
+    pub slack_webhook_url: Option<WebhookUrl>,
+    /// A webhook receiving each notification as JSON (README, "Notifications"; a
+    /// secret: its value is never shown).
+    #[arg(long, env = "SPOTKUBE_NOTIFY_WEBHOOK_URL", hide_env_values = true, value_parser = WebhookUrl::from_flag)]
+    pub notify_webhook_url: Option<WebhookUrl>,
+    /// The cluster's name in notifications.
+    #[arg(long, env = "SPOTKUBE_CLUSTER_NAME")]
+    pub cluster_name: Option<String>,
 }

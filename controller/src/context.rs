@@ -12,6 +12,7 @@ use crate::decide::PodView;
 use crate::error::Result;
 use crate::metrics::Metrics;
 use crate::nodes_index::NodesIndex;
+use crate::notify::Notifier;
 use crate::view::{self, OwnerCache};
 
 /// The longest Event note the API server accepts.
@@ -30,6 +31,8 @@ pub struct Context {
     pub defaults: Policy,
     /// Owner facts (namespaces, ReplicaSet owners, HPA targets), cached across calls.
     pub owners: OwnerCache,
+    /// Notifications of the Events below, when a webhook is configured.
+    notifier: Option<Notifier>,
 }
 
 impl Context {
@@ -53,7 +56,14 @@ impl Context {
             sqs,
             defaults: Policy::default(),
             owners: OwnerCache::default(),
+            notifier: None,
         }
+    }
+
+    /// Every Event recorded from now on is also a notification (see [`crate::notify`]).
+    pub fn with_notifier(mut self, notifier: Notifier) -> Context {
+        self.notifier = Some(notifier);
+        self
     }
 
     /// The pods on `node_name` with their owners and policies.
@@ -61,7 +71,8 @@ impl Context {
         view::pods_on_cached(&self.client, &self.owners, node_name, &self.defaults).await
     }
 
-    /// Emits a Kubernetes Event; failure to record one never fails the action.
+    /// Emits a Kubernetes Event, and its notification; failure to record one never
+    /// fails the action, nor does a slow notification receiver delay it.
     pub async fn event(
         &self,
         object: &ObjectReference,
@@ -77,6 +88,9 @@ impl Context {
             }
             note.truncate(end);
             note.push_str("...");
+        }
+        if let Some(notifier) = &self.notifier {
+            notifier.notify(object, type_, reason, &note);
         }
         let event = Event {
             type_,

@@ -22,6 +22,7 @@ pub mod intake;
 pub mod leader;
 pub mod metrics;
 pub mod nodes_index;
+pub mod notify;
 pub mod origin;
 pub mod pricing;
 pub mod reconcile;

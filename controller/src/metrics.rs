@@ -26,6 +26,10 @@ pub struct Metrics {
     pub foreign_events: Family<Labels, Counter>,
     /// Pods of spotkube's scheduler left unscheduled longer than the threshold.
     pub unscheduled_pods: Gauge,
+    /// Writes of the `spotkube.io/enabled` Namespace label, by label value and outcome.
+    pub namespace_label_writes: Family<Labels, Counter>,
+    /// Notifications by sink and outcome (sent, failed, duplicate, rate_limited, dropped).
+    pub notifications: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -39,6 +43,8 @@ impl Metrics {
             receipt_to_replacement_ready: Histogram::new(exponential_buckets(0.5, 2.0, 12)),
             foreign_events: Family::default(),
             unscheduled_pods: Gauge::default(),
+            namespace_label_writes: Family::default(),
+            notifications: Family::default(),
         };
         let registry = registry.sub_registry_with_prefix("spotkube_controller");
         registry.register(
@@ -81,6 +87,16 @@ impl Metrics {
             "Pods of spotkube's scheduler that it has not picked up for longer than --unscheduled-after",
             metrics.unscheduled_pods.clone(),
         );
+        registry.register(
+            "namespace_label_writes",
+            "Writes of the spotkube.io/enabled Namespace label (mirrored from its annotation), by label value (true, false, absent) and outcome",
+            metrics.namespace_label_writes.clone(),
+        );
+        registry.register(
+            "notifications",
+            "Notifications by sink (slack, webhook) and outcome (sent, failed, duplicate, rate_limited, dropped)",
+            metrics.notifications.clone(),
+        );
         metrics
     }
 
@@ -116,10 +132,34 @@ impl Metrics {
         }
     }
 
+    /// Counts a write of the opt-in label; `label` is `true`, `false` or `absent` (removed).
+    pub fn namespace_label_write<T>(&self, label: &str, result: &crate::Result<T>) {
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(_) => "error",
+        };
+        self.namespace_label_writes
+            .get_or_create(&vec![
+                ("label", label.to_string()),
+                ("outcome", outcome.to_string()),
+            ])
+            .inc();
+    }
+
     /// The gauge of running leader tasks named `task`.
     pub fn leader_task(&self, task: &str) -> Gauge {
         self.leader_tasks
             .get_or_create(&vec![("task", task.to_string())])
             .clone()
+    }
+
+    /// Counts a notification's fate at one sink.
+    pub fn notification(&self, sink: &str, outcome: &str) {
+        self.notifications
+            .get_or_create(&vec![
+                ("sink", sink.to_string()),
+                ("outcome", outcome.to_string()),
+            ])
+            .inc();
     }
 }

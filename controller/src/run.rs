@@ -22,6 +22,7 @@ use crate::intake::Intake;
 use crate::leader::{self, LeaderConfig};
 use crate::metrics::Metrics;
 use crate::nodes_index::NodesIndex;
+use crate::notify;
 use crate::origin::Origin;
 use crate::pricing::AnySource;
 use crate::pricing::refresher::{self, RefreshMetrics, Target};
@@ -50,7 +51,7 @@ pub async fn run(args: RunArgs, admin_listen: SocketAddr) -> Result<()> {
     let metrics_leader = metrics.leader.clone();
     let ranking = match args.publish_ranking {
         true => Some(RankingJob {
-            source: Arc::new(args.ranking.source().await?),
+            source: Arc::new(args.ranking.source(&mut registry).await?),
             criteria: args.ranking.criteria(),
             interval: args.ranking_interval.unwrap_or(refresher::DEFAULT_INTERVAL),
             metrics: RefreshMetrics::register(&mut registry),
@@ -78,8 +79,15 @@ pub async fn run(args: RunArgs, admin_listen: SocketAddr) -> Result<()> {
     let sqs = aws_sdk_sqs::Client::new(
         &crate::aws::sdk_config(args.ranking.region.clone(), args.aws_disable_retries).await,
     );
+    let notifications = notify::from_args(&args, metrics.clone())?;
+    let mut ctx = Context::new(client.clone(), Some(identity.clone()), metrics, nodes, sqs);
+    if let Some((notifier, sender)) = notifications {
+        ctx = ctx.with_notifier(notifier);
+        // Drains what is queued when `stop` comes, after the leader's work has ended.
+        process.spawn(sender.run(stop.clone()));
+    }
     let leader = Leader {
-        ctx: Context::new(client.clone(), Some(identity.clone()), metrics, nodes, sqs),
+        ctx,
         nodes_synced,
         queue_url: args.queue_url.clone(),
         visibility_timeout: args.visibility_timeout,
@@ -181,6 +189,10 @@ impl Leader {
         term.start(
             "unscheduled",
             unscheduled::run(self.ctx.clone(), self.unscheduled, token.clone()),
+        );
+        term.start(
+            "namespace-labels",
+            reconcile::namespace_labels::run(self.ctx.clone(), token.clone()),
         );
         if let Some(job) = self.ranking {
             // The ranking ConfigMap has one writer: the leader.

@@ -30,7 +30,9 @@ pub struct Ranking {
     pub schema_version: String,
     /// When the prices were gathered and ranked.
     pub computed_at: Timestamp,
-    /// Where the prices came from (`aws`, `snapshot`, ...).
+    /// Where the prices came from (`aws`, `snapshot`, ...), followed by a note in
+    /// parentheses when the interruption bands are a fallback (see
+    /// [`PriceBook::bands_fallback`]).
     pub source: String,
     /// The AWS region the zones belong to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -225,6 +227,10 @@ pub struct PriceBook {
     pub spot: BTreeMap<String, BTreeMap<String, f64>>,
     /// Instance type → on-demand Linux $/hour.
     pub on_demand: BTreeMap<String, f64>,
+    /// Set when the interruption bands do not come from where the source normally takes
+    /// them: where they came from instead, and why. [`compute`] says it in the ranking's
+    /// `source`, so a reader of the ConfigMap sees the fallback.
+    pub bands_fallback: Option<String>,
 }
 
 /// The family of an instance type name: `c7g.large` → `c7g`.
@@ -299,7 +305,10 @@ pub fn compute(
     Ranking {
         schema_version: SCHEMA_VERSION.to_string(),
         computed_at,
-        source: source.to_string(),
+        source: match &book.bands_fallback {
+            Some(note) => format!("{source} ({note})"),
+            None => source.to_string(),
+        },
         region: book.region.clone(),
         criteria: Some(criteria.clone()),
         zones,
@@ -394,6 +403,20 @@ mod tests {
             .iter()
             .map(|e| e.instance_type.clone())
             .collect()
+    }
+
+    #[test]
+    fn a_bands_fallback_is_said_in_the_source() {
+        let mut b = book(&[("c7g.large", arm(2, 4.0), 0.03, 0.0725)]);
+        let at = Timestamp::UNIX_EPOCH;
+        assert_eq!(compute(&b, &Criteria::default(), "aws", at).source, "aws");
+        b.bands_fallback = Some("interruption bands from the price snapshot".into());
+        let ranking = compute(&b, &Criteria::default(), "aws", at);
+        assert_eq!(
+            ranking.source,
+            "aws (interruption bands from the price snapshot)"
+        );
+        assert_eq!(names(&ranking, "z-a"), ["c7g.large"]);
     }
 
     #[test]

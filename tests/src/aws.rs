@@ -1,8 +1,8 @@
 //! AWS on 127.0.0.1: moto's server (wrapped by `tests/tools/moto_server.py`, which adds a
 //! Pricing GetProducts stand-in, seeded per-AZ spot prices, an
 //! InsufficientInstanceCapacity switch, DescribeInstanceTypes pagination, a throttling
-//! switch and per-action call counters) plus helpers for SQS, EventBridge-shaped events,
-//! EC2 instances and Auto Scaling groups.
+//! switch, per-action call counters and the Spot Instance Advisor feed) plus helpers for
+//! SQS, EventBridge-shaped events, EC2 instances and Auto Scaling groups.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -139,6 +139,10 @@ impl Moto {
                     "--snapshot={}",
                     nodes::price_snapshot_path().display()
                 ))
+                .arg(format!(
+                    "--spot-advisor={}",
+                    fixtures_dir().join("spot-advisor-sample.json").display()
+                ))
                 .env("PYTHONUNBUFFERED", "1"),
             log_dir,
         )?;
@@ -209,10 +213,17 @@ impl Moto {
         })
     }
 
-    /// Environment for a program that should talk to this moto.
+    /// Where this moto serves the Spot Instance Advisor feed.
+    pub fn spot_advisor_url(&self) -> String {
+        format!("{}/spotkube/spot-advisor-data.json", self.endpoint)
+    }
+
+    /// Environment for a program that should talk to this moto, the Spot Advisor feed
+    /// included: nothing the rig starts reaches the internet.
     pub fn env(&self) -> Vec<(String, String)> {
         vec![
             ("AWS_ENDPOINT_URL".into(), self.endpoint.clone()),
+            ("SPOTKUBE_SPOT_ADVISOR_URL".into(), self.spot_advisor_url()),
             ("AWS_ACCESS_KEY_ID".into(), "testing".into()),
             ("AWS_SECRET_ACCESS_KEY".into(), "testing".into()),
             ("AWS_REGION".into(), REGION.into()),
@@ -221,7 +232,7 @@ impl Moto {
     }
 
     /// Runs `spotkube-controller rank --source aws --output json` against this moto (Spot
-    /// Advisor bands from the price snapshot), with `extra` flags and `env` on top of
+    /// Advisor bands from its feed), with `extra` flags and `env` on top of
     /// [`Moto::env`], and decodes the ranking it prints.
     pub async fn rank(
         &self,
@@ -231,8 +242,6 @@ impl Moto {
         let binary = crate::tools::program_binary("spotkube-controller");
         let output = tokio::process::Command::new(&binary)
             .args(["rank", "--source", "aws", "--output", "json"])
-            .arg("--interruption-bands")
-            .arg(nodes::price_snapshot_path())
             .args(extra)
             .envs(self.env())
             .envs(env.iter().copied())
@@ -322,7 +331,30 @@ impl Moto {
         Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
-    /// Clears moto's backends and restores the seeded prices / clears the ICE switch.
+    /// Serves `feed` (a whole Spot Advisor document) at [`Moto::spot_advisor_url`] until
+    /// the next call or [`reset`](Moto::reset).
+    pub async fn serve_spot_advisor(&self, feed: &Value) -> Result<(), RigError> {
+        self.post("/spotkube/spot-advisor", feed.clone()).await?;
+        Ok(())
+    }
+
+    /// Takes the Spot Advisor feed down: it answers 503 until the next
+    /// [`serve_spot_advisor`](Moto::serve_spot_advisor) or [`reset`](Moto::reset).
+    pub async fn spot_advisor_outage(&self) -> Result<(), RigError> {
+        let url = format!("{}/spotkube/spot-advisor", self.endpoint);
+        let resp = reqwest::Client::new()
+            .delete(&url)
+            .send()
+            .await
+            .map_err(|e| aws_err(&url, e))?;
+        if !resp.status().is_success() {
+            return Err(aws_err(&url, format!("HTTP {}", resp.status())));
+        }
+        Ok(())
+    }
+
+    /// Clears moto's backends and restores the seeded prices and the Spot Advisor feed /
+    /// clears the ICE switch.
     pub async fn reset(&self) -> Result<(), RigError> {
         self.post("/moto-api/reset", Value::Null).await?;
         self.post("/spotkube/reset", Value::Null).await?;

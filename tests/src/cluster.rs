@@ -1,6 +1,7 @@
 //! The handle tests use: a control plane + kwok, shared by every test of a test binary,
 //! and a fresh namespace per test.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -74,6 +75,10 @@ impl Cluster {
     }
 
     /// Like [`Cluster::namespace`], with annotations on the Namespace (e.g. `spotkube.io/enabled`).
+    ///
+    /// A valid `spotkube.io/enabled` annotation also sets the label of the same key, which
+    /// the webhook's `namespaceSelector` selects. In a cluster the controller's leader
+    /// mirrors it; most tests run no controller, so the rig stands in for it here.
     pub async fn namespace_with(
         &self,
         prefix: &str,
@@ -90,6 +95,7 @@ impl Cluster {
                         .map(|(k, v)| (k.to_string(), v.to_string()))
                         .collect()
                 }),
+                labels: opt_in_label(annotations),
                 ..Default::default()
             },
             ..Default::default()
@@ -150,6 +156,20 @@ impl Cluster {
             other => other,
         }
     }
+}
+
+/// The Namespace label the webhook configuration selects: the opt-in annotation's key.
+pub const OPT_IN_LABEL: &str = spotkube_shared::annotations::ENABLED;
+
+/// The label the controller would mirror from `annotations`: `spotkube.io/enabled` with
+/// the annotation's value when it is `true` or `false`, none otherwise.
+fn opt_in_label(annotations: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
+    let (_, value) = annotations.iter().find(|(k, _)| *k == OPT_IN_LABEL)?;
+    let enabled = spotkube_shared::annotations::parse_enabled(value).ok()?;
+    Some(BTreeMap::from([(
+        OPT_IN_LABEL.to_string(),
+        enabled.to_string(),
+    )]))
 }
 
 /// A test's namespace and client. Prints the rig's logs if the test panics.

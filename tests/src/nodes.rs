@@ -28,12 +28,13 @@ struct Snapshot {
     instance_specs: BTreeMap<String, InstanceSpec>,
 }
 
-/// The price snapshot's path: `$SPOTKUBE_PRICE_SNAPSHOT`, else `<workspace>/testdata/data/`.
+/// The price snapshot's path: `$SPOTKUBE_PRICE_SNAPSHOT`, else the one the controller
+/// embeds, `<workspace>/controller/data/aws-price-snapshot.json`.
 pub fn price_snapshot_path() -> PathBuf {
     std::env::var_os("SPOTKUBE_PRICE_SNAPSHOT")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            crate::tools::workspace_root().join("testdata/data/aws-price-snapshot.json")
+            crate::tools::workspace_root().join("controller/data/aws-price-snapshot.json")
         })
 }
 

@@ -14,7 +14,7 @@ use kube::api::{Api, ObjectMeta, PostParams};
 
 use crate::RigError;
 use crate::certs::CertFiles;
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, OPT_IN_LABEL};
 use crate::ports::free_addr;
 use crate::process::{Managed, Spec};
 use crate::tools::program_binary;
@@ -261,6 +261,8 @@ impl Cluster {
     /// Registers `webhook` as a MutatingWebhookConfiguration `name` for Pod CREATE in the
     /// one namespace `namespace` (so parallel tests never see each other's webhooks), with
     /// `failurePolicy: Fail` so a broken webhook fails the test instead of being skipped.
+    /// Like the shipped configuration, it selects only namespaces labelled
+    /// `spotkube.io/enabled: "true"` (see [`Cluster::namespace_with`]).
     pub async fn register_webhook(
         &self,
         name: &str,
@@ -282,17 +284,46 @@ impl Cluster {
         namespace: &str,
         failure_policy: FailurePolicy,
     ) -> Result<String, RigError> {
+        let selector = LabelSelector {
+            match_labels: Some(
+                [
+                    (
+                        "kubernetes.io/metadata.name".to_string(),
+                        namespace.to_string(),
+                    ),
+                    (OPT_IN_LABEL.to_string(), "true".to_string()),
+                ]
+                .into(),
+            ),
+            ..Default::default()
+        };
+        let webhook_name = format!("{namespace}.pods.spotkube.io");
+        self.register_webhook_selecting(name, &webhook_name, webhook, selector, failure_policy)
+            .await?;
+        Ok(webhook_name)
+    }
+
+    /// Registers `webhook` (named `webhook_name`) for Pod CREATE in the namespaces
+    /// `namespace_selector` selects, e.g. the shipped configuration's selector. Mind
+    /// that a cluster-wide selector sends other tests' pods to this webhook too.
+    pub async fn register_webhook_selecting(
+        &self,
+        name: &str,
+        webhook_name: &str,
+        webhook: &Program,
+        namespace_selector: LabelSelector,
+        failure_policy: FailurePolicy,
+    ) -> Result<(), RigError> {
         if webhook.tls.is_none() {
             return Err(RigError::Certs("the webhook must serve TLS".into()));
         }
-        let webhook_name = format!("{namespace}.pods.spotkube.io");
         let config = MutatingWebhookConfiguration {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 ..Default::default()
             },
             webhooks: Some(vec![MutatingWebhook {
-                name: webhook_name.clone(),
+                name: webhook_name.into(),
                 admission_review_versions: vec!["v1".into()],
                 client_config: WebhookClientConfig {
                     url: Some(format!("{}/mutate", webhook.url())),
@@ -303,16 +334,7 @@ impl Cluster {
                 side_effects: "None".into(),
                 timeout_seconds: Some(5),
                 reinvocation_policy: Some("IfNeeded".into()),
-                namespace_selector: Some(LabelSelector {
-                    match_labels: Some(
-                        [(
-                            "kubernetes.io/metadata.name".to_string(),
-                            namespace.to_string(),
-                        )]
-                        .into(),
-                    ),
-                    ..Default::default()
-                }),
+                namespace_selector: Some(namespace_selector),
                 rules: Some(vec![RuleWithOperations {
                     api_groups: Some(vec!["".into()]),
                     api_versions: Some(vec!["v1".into()]),
@@ -330,6 +352,6 @@ impl Cluster {
             .map_err(|e| {
                 RigError::Kube(format!("create MutatingWebhookConfiguration {name}: {e}"))
             })?;
-        Ok(webhook_name)
+        Ok(())
     }
 }

@@ -81,7 +81,8 @@ pub struct Container {
     pub service_account: String,
     pub args: Vec<String>,
     /// `env` as the kubelet sets it for a pod of the Deployment: `value`s as written,
-    /// `fieldRef`s to `metadata.namespace` and `metadata.name` resolved.
+    /// `fieldRef`s to `metadata.namespace` and `metadata.name` resolved, variables from
+    /// optional Secrets left out (the rig creates none).
     pub env: Vec<(String, String)>,
 }
 
@@ -106,9 +107,16 @@ impl Container {
             .ok_or_else(|| RigError::Kube(format!("{relative}: no container {container}")))?;
         let mut env = Vec::new();
         for var in found.env.unwrap_or_default() {
-            let field = var
-                .value_from
-                .as_ref()
+            let from = var.value_from.as_ref();
+            // An optional Secret the rig does not create is absent, as on a cluster
+            // without it: the kubelet leaves such a variable unset.
+            if from
+                .and_then(|f| f.secret_key_ref.as_ref())
+                .is_some_and(|r| r.optional == Some(true))
+            {
+                continue;
+            }
+            let field = from
                 .and_then(|from| from.field_ref.as_ref())
                 .map(|f| f.field_path.as_str());
             let value = match (var.value, field) {

@@ -1,6 +1,6 @@
 """moto's server (pinned moto[server]==5.2.1) with spotkube's gaps filled next to it.
 
-Usage: python moto_server.py --port PORT [--snapshot PATH]
+Usage: python moto_server.py --port PORT --snapshot PATH [--spot-advisor PATH]
 
 Runs moto's own WSGI app in-process and adds, without touching moto's files:
 
@@ -55,8 +55,16 @@ Runs moto's own WSGI app in-process and adds, without touching moto's files:
    `DELETE /spotkube/hold` releases everything: a held request is answered 503 without
    reaching moto, a held answer is sent (to whoever still listens).
 
-`POST /spotkube/reset` restores the seeded prices and clears the ICE switch, the throttles,
-the holds and the call counters (moto's own
+7. The EC2 Spot Instance Advisor feed, on loopback (AWS publishes it at
+   https://spot-bid-advisor.s3.amazonaws.com/spot-advisor-data.json).
+   `GET /spotkube/spot-advisor-data.json` serves the file of `--spot-advisor` (default:
+   testdata/fixtures/spot-advisor-sample.json) as it is, counted in `/spotkube/calls` as
+   action `spot-advisor-data.json`. `POST /spotkube/spot-advisor` with a whole feed
+   document serves that instead; `DELETE /spotkube/spot-advisor` makes the feed answer
+   503 (an outage) until the next POST or reset.
+
+`POST /spotkube/reset` restores the seeded prices and the served Spot Advisor feed, and
+clears the ICE switch, the throttles, the holds and the call counters (moto's own
 `POST /moto-api/reset` clears moto's backends, not these overrides).
 """
 
@@ -66,6 +74,7 @@ import datetime as dt
 import hashlib
 import io
 import json
+import os
 import sys
 import threading
 import urllib.parse
@@ -86,7 +95,12 @@ OLD_POINT_FACTOR = 1.10
 
 LOCK = threading.Lock()
 # spot: (type, az, product) -> [(datetime, price)]; throttle/calls: action -> count
-STATE = {"spot": {}, "ice": set(), "throttle": {}, "calls": {}, "armed": {}, "held": []}
+# advisor: the Spot Advisor feed served now (bytes), None during an outage
+STATE = {"spot": {}, "ice": set(), "throttle": {}, "calls": {}, "armed": {}, "held": [], "advisor": None}
+SPOT_ADVISOR_FEED = "spot-advisor-data.json"
+DEFAULT_SPOT_ADVISOR = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "testdata", "fixtures", "spot-advisor-sample.json"
+)
 
 
 def utcnow():
@@ -105,6 +119,14 @@ def load_snapshot(path):
         snap = json.load(f)
     region = snap["regions"][REGION]
     return snap["instance_specs"], region["on_demand_usd_per_hour"], region["spot"], snap.get("on_demand_generated_at")
+
+
+def load_spot_advisor(path):
+    """The feed's bytes, served as they are; parsed once so a broken file fails at start."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    json.loads(raw)
+    return raw
 
 
 def seeded_spot_prices(on_demand, spot):
@@ -490,15 +512,17 @@ def json_response(start_response, status, payload, content_type="application/jso
 
 
 class SpotkubeApp:
-    def __init__(self, moto_app, products, seeded):
+    def __init__(self, moto_app, products, seeded, spot_advisor):
         self.moto_app = moto_app
         self.products = products
         self.seeded = seeded
+        self.spot_advisor = spot_advisor
         self.reset()
 
     def reset(self):
         with LOCK:
             STATE["spot"] = {k: list(v) for k, v in self.seeded.items()}
+            STATE["advisor"] = self.spot_advisor
             STATE["ice"] = set()
             STATE["throttle"] = {}
             STATE["calls"] = {}
@@ -684,6 +708,23 @@ class SpotkubeApp:
                     action = query["action"][0]
                     return json_response(start_response, "200 OK", {"action": action, "count": calls.get(action, 0)})
                 return json_response(start_response, "200 OK", {"calls": calls})
+            if path == f"/spotkube/{SPOT_ADVISOR_FEED}" and method == "GET":
+                with LOCK:
+                    STATE["calls"][SPOT_ADVISOR_FEED] = STATE["calls"].get(SPOT_ADVISOR_FEED, 0) + 1
+                    feed = STATE["advisor"]
+                if feed is None:
+                    return json_response(start_response, "503 Service Unavailable", {"error": "the feed is down (DELETE /spotkube/spot-advisor)"})
+                start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(feed)))])
+                return [feed]
+            if path == "/spotkube/spot-advisor" and method == "POST":
+                body = self.read_json(environ)
+                with LOCK:
+                    STATE["advisor"] = json.dumps(body).encode()
+                return json_response(start_response, "200 OK", {"regions": sorted(body.get("spot_advisor", {}))})
+            if path == "/spotkube/spot-advisor" and method == "DELETE":
+                with LOCK:
+                    STATE["advisor"] = None
+                return json_response(start_response, "200 OK", {"down": True})
             if path == "/spotkube/health":
                 return json_response(start_response, "200 OK", {"ok": True})
             return json_response(start_response, "404 Not Found", {"error": f"no such endpoint {method} {path}"})
@@ -696,6 +737,7 @@ def main():
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--snapshot", required=True, help="aws-price-snapshot.json")
+    parser.add_argument("--spot-advisor", default=DEFAULT_SPOT_ADVISOR, help="the Spot Advisor feed to serve")
     args = parser.parse_args()
 
     specs, on_demand, spot, published = load_snapshot(args.snapshot)
@@ -704,6 +746,7 @@ def main():
         DomainDispatcherApplication(create_backend_app),
         price_products(specs, on_demand, published or "2026-01-01T00:00:00Z"),
         seeded_spot_prices(on_demand, spot),
+        load_spot_advisor(args.spot_advisor),
     )
     server = make_server(args.host, args.port, app, threaded=True)
     print(f"spotkube moto on http://{args.host}:{args.port}", flush=True)

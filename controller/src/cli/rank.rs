@@ -3,12 +3,15 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::time::Duration;
 
+use prometheus_client::registry::Registry;
 use spotkube_shared::ranking::{Criteria, Ranking, ScoreBy, compute};
 
 use crate::error::{Error, Result};
+use crate::pricing::advisor::{self, AdvisorMetrics, SpotAdvisor};
 use crate::pricing::aws::AwsSource;
-use crate::pricing::snapshot::{self, SnapshotSource};
+use crate::pricing::snapshot::{SnapshotLocation, SnapshotSource};
 use crate::pricing::{AnySource, PriceSource};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -34,20 +37,23 @@ pub struct RankArgs {
     pub region: Option<String>,
     #[arg(long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
-    /// The offline price snapshot (for `--source snapshot`).
-    #[arg(
-        long,
-        env = "SPOTKUBE_PRICE_SNAPSHOT",
-        default_value = "aws-price-snapshot.json"
-    )]
-    pub snapshot: PathBuf,
+    /// A price snapshot file instead of the one built into the binary: the prices of
+    /// `--source snapshot`, the fallback interruption bands of `--source aws`.
+    /// (`--interruption-bands`, its former name for the latter, still works.)
+    #[arg(long, env = "SPOTKUBE_PRICE_SNAPSHOT", alias = "interruption-bands")]
+    pub snapshot: Option<PathBuf>,
     /// Zones the snapshot's region-level list is published for (default: <region>a,b,c).
     #[arg(long, env = "SPOTKUBE_RANKING_ZONES", value_delimiter = ',')]
     pub zones: Vec<String>,
-    /// For `--source aws`: a price snapshot file whose Spot Advisor interruption bands
-    /// apply the band criterion (the AWS APIs publish no bands).
-    #[arg(long, env = "SPOTKUBE_INTERRUPTION_BANDS")]
-    pub interruption_bands: Option<PathBuf>,
+    /// For `--source aws`: the EC2 Spot Instance Advisor feed, whose interruption bands
+    /// apply the band criterion (the AWS APIs publish no bands). When it cannot be
+    /// fetched, the bands of the price snapshot apply, and the ranking's source says so.
+    #[arg(long, env = "SPOTKUBE_SPOT_ADVISOR_URL", default_value = advisor::DEFAULT_URL)]
+    pub spot_advisor_url: String,
+    /// How long a fetched Spot Advisor feed is used before it is fetched again (a
+    /// failed fetch keeps the last good copy).
+    #[arg(long, env = "SPOTKUBE_SPOT_ADVISOR_REFRESH", default_value = "1h", value_parser = spotkube_shared::config::positive_duration)]
+    pub spot_advisor_refresh: Duration,
     /// DescribeSpotPriceHistory page size (tests use small pages to exercise pagination).
     #[arg(long, hide = true, default_value_t = 1000)]
     pub spot_page_size: i32,
@@ -139,8 +145,9 @@ impl RankArgs {
         }
     }
 
-    /// Builds the chosen source.
-    pub async fn source(&self) -> Result<AnySource> {
+    /// Builds the chosen source; its metrics (the Spot Advisor feed's) go to `registry`.
+    pub async fn source(&self, registry: &mut Registry) -> Result<AnySource> {
+        let snapshot = SnapshotLocation::from_flag(self.snapshot.clone());
         Ok(match self.source {
             SourceKind::Snapshot => {
                 let region = self.region.clone().unwrap_or_else(|| "us-east-1".into());
@@ -152,20 +159,22 @@ impl RankArgs {
                 } else {
                     self.zones.clone()
                 };
-                AnySource::Snapshot(SnapshotSource::new(&self.snapshot, region, zones))
+                AnySource::Snapshot(SnapshotSource::new(snapshot, region, zones))
             }
             SourceKind::Aws => {
                 let config = crate::aws::sdk_config(self.region.clone(), false).await;
                 let region = config.region().map(|r| r.to_string()).ok_or_else(|| {
                     Error::Invalid("no AWS region: pass --region or set AWS_REGION".into())
                 })?;
-                let bands = match &self.interruption_bands {
-                    Some(path) => snapshot::interruption_bands(path, &region)?,
-                    None => Default::default(),
-                };
+                let advisor = SpotAdvisor::new(
+                    self.spot_advisor_url.clone(),
+                    self.spot_advisor_refresh,
+                    snapshot,
+                    AdvisorMetrics::register(registry),
+                )?;
                 AnySource::Aws(
                     AwsSource::from_config(&config, region)
-                        .with_interruption_bands(bands)
+                        .with_spot_advisor(advisor)
                         .with_spot_page_size(self.spot_page_size)
                         .with_instance_types_page_size(self.instance_types_page_size),
                 )
@@ -176,7 +185,8 @@ impl RankArgs {
 
 /// Runs `rank`: prints the ranking to stdout.
 pub async fn run(args: RankArgs) -> Result<()> {
-    let source = args.source().await?;
+    // One ranking, printed: nothing scrapes its metrics.
+    let source = args.source(&mut Registry::default()).await?;
     let criteria = args.criteria();
     let book = source.price_book(&criteria).await?;
     let ranking = compute(&book, &criteria, source.name(), jiff::Timestamp::now());
@@ -258,13 +268,63 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn run_ranks_from_the_built_in_snapshot_without_a_file() {
+        use crate::config::{Cli, Command};
+        use clap::Parser;
+        let cli = Cli::try_parse_from([
+            "spotkube-controller",
+            "run",
+            "--queue-url=https://sqs.example/q",
+            "--publish-ranking",
+            "--source=snapshot",
+        ])
+        .unwrap();
+        let Some(Command::Run(run)) = cli.command else {
+            panic!("not run");
+        };
+        let source = run.ranking.source(&mut Registry::default()).await.unwrap();
+        let criteria = run.ranking.criteria();
+        let book = source.price_book(&criteria).await.unwrap();
+        let ranking = compute(&book, &criteria, source.name(), jiff::Timestamp::UNIX_EPOCH);
+        assert_eq!(ranking.source, "snapshot");
+        assert_eq!(ranking.zones.len(), 3);
+        assert_eq!(ranking.zones["us-east-1b"][0].instance_type, "c7g.4xlarge");
+    }
+
+    #[tokio::test]
+    async fn the_aws_source_reads_the_spot_advisor_flags_and_registers_its_metrics() {
+        let args = parse(&[
+            "--source=aws",
+            "--region=us-east-1",
+            "--spot-advisor-url=http://127.0.0.1:9/feed.json",
+            "--spot-advisor-refresh=5m",
+            "--interruption-bands=/tmp/old-snapshot.json",
+        ]);
+        assert_eq!(args.spot_advisor_url, "http://127.0.0.1:9/feed.json");
+        assert_eq!(args.spot_advisor_refresh, Duration::from_secs(300));
+        assert_eq!(args.snapshot, Some(PathBuf::from("/tmp/old-snapshot.json")));
+        assert_eq!(parse(&[]).spot_advisor_url, advisor::DEFAULT_URL);
+        spotkube_shared::telemetry::install_crypto_provider();
+        let mut registry = Registry::default();
+        assert!(matches!(
+            args.source(&mut registry).await.unwrap(),
+            AnySource::Aws(_)
+        ));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for name in [
+            "spotkube_ranking_spot_advisor_fetch_failures_total",
+            "spotkube_ranking_spot_advisor_last_success_timestamp_seconds",
+            "spotkube_ranking_spot_advisor_fallback",
+        ] {
+            assert!(text.contains(name), "{name} in {text}");
+        }
+    }
+
+    #[tokio::test]
     async fn table_lists_every_zone_and_rank() {
-        let snapshot = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../testdata/data/aws-price-snapshot.json"
-        );
-        let args = parse(&["--source", "snapshot", "--top", "2", "--snapshot", snapshot]);
-        let source = args.source().await.unwrap();
+        let args = parse(&["--source", "snapshot", "--top", "2"]);
+        let source = args.source(&mut Registry::default()).await.unwrap();
         let ranking = compute(
             &source.price_book(&args.criteria()).await.unwrap(),
             &args.criteria(),

@@ -10,6 +10,7 @@ use aws_sdk_pricing::types::{Filter as PricingFilter, FilterType};
 use spotkube_shared::ranking::{Criteria, InstanceTypeInfo, PriceBook, admits, vpc_cni_max_pods};
 
 use super::PriceSource;
+use super::advisor::SpotAdvisor;
 use crate::aws::send_retrying_throttling;
 use crate::error::Error;
 
@@ -17,8 +18,8 @@ pub struct AwsSource {
     ec2: aws_sdk_ec2::Client,
     pricing: aws_sdk_pricing::Client,
     region: String,
-    /// Spot Advisor interruption bands per type: the AWS APIs do not publish them.
-    interruption_bands: BTreeMap<String, u8>,
+    /// Where interruption bands come from: the AWS APIs do not publish them.
+    advisor: Option<SpotAdvisor>,
     /// `MaxResults` of DescribeSpotPriceHistory pages (AWS allows up to 1000).
     spot_page_size: i32,
     /// `MaxResults` of DescribeInstanceTypes pages (AWS: 5..=100); `None` = AWS's default.
@@ -33,7 +34,7 @@ impl AwsSource {
             ec2,
             pricing,
             region,
-            interruption_bands: BTreeMap::new(),
+            advisor: None,
             spot_page_size: 1000,
             instance_types_page_size: None,
         }
@@ -51,11 +52,10 @@ impl AwsSource {
         self
     }
 
-    /// Adds Spot Advisor interruption bands (type → band), e.g. from
-    /// [`super::snapshot::interruption_bands`]; without them the band criterion cannot
-    /// apply and every type passes it.
-    pub fn with_interruption_bands(mut self, bands: BTreeMap<String, u8>) -> Self {
-        self.interruption_bands = bands;
+    /// Takes interruption bands from the Spot Advisor feed; without it the band
+    /// criterion cannot apply and every type passes it.
+    pub fn with_spot_advisor(mut self, advisor: SpotAdvisor) -> Self {
+        self.advisor = Some(advisor);
         self
     }
 
@@ -287,8 +287,12 @@ impl PriceSource for AwsSource {
 
     async fn price_book(&self, criteria: &Criteria) -> Result<PriceBook, Error> {
         let mut types = self.instance_types().await?;
+        let bands = match &self.advisor {
+            Some(advisor) => Some(advisor.bands(&self.region).await?),
+            None => None,
+        };
         for (name, info) in types.iter_mut() {
-            info.interruption_band = self.interruption_bands.get(name).copied();
+            info.interruption_band = bands.as_ref().and_then(|b| b.by_type.get(name).copied());
         }
         // Ask prices only for types that could rank.
         let candidates: Vec<String> = types
@@ -308,6 +312,7 @@ impl PriceSource for AwsSource {
             types,
             spot,
             on_demand,
+            bands_fallback: bands.and_then(|b| b.fallback),
         })
     }
 }

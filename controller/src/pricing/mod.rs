@@ -1,8 +1,11 @@
 //! Price ranking in the controller: pricing sources gather a
 //! [`spotkube_shared::ranking::PriceBook`], the shared pure ranking ranks it, the
 //! [`refresher`] publishes it to ConfigMap `spotkube-system/spotkube-ranking`, and
-//! [`crate::cli::rank`] prints it for a person (`spotkube-controller rank`).
+//! [`crate::cli::rank`] prints it for a person (`spotkube-controller rank`). The AWS
+//! source takes interruption bands from the Spot Instance Advisor feed ([`advisor`]);
+//! the price snapshot compiled into the binary ([`snapshot`]) is the offline fallback.
 
+pub mod advisor;
 pub mod aws;
 pub mod refresher;
 pub mod snapshot;

@@ -1,5 +1,6 @@
-//! The offline price snapshot (`aws-price-snapshot.json`): region-level on-demand prices,
-//! Spot Advisor savings and interruption bands, and vCPU / memory per type.
+//! The offline price snapshot (`controller/data/aws-price-snapshot.json`, compiled into
+//! the binary; `--snapshot FILE` reads another): region-level on-demand prices, Spot
+//! Advisor savings and interruption bands, and vCPU / memory per type.
 //!
 //! The snapshot knows no per-AZ prices: spot = on-demand × (1 − savings / 100) for the
 //! whole region, and every zone given to the source gets the same list. It carries no
@@ -8,13 +9,57 @@
 //! what the name says (`t*` families are burstable, `*.metal*` sizes are bare metal).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::fmt;
+use std::path::PathBuf;
 
 use serde::Deserialize;
 use spotkube_shared::ranking::{Criteria, InstanceTypeInfo, PriceBook, family};
 
 use super::PriceSource;
 use crate::error::Error;
+
+/// The snapshot shipped in the binary: the offline fallback, as Karpenter embeds its
+/// static price table.
+const EMBEDDED: &str = include_str!("../../data/aws-price-snapshot.json");
+
+/// Which price snapshot to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotLocation {
+    /// The one compiled into the binary.
+    Embedded,
+    /// A file, re-read on every use so a refresher picks up its changes.
+    File(PathBuf),
+}
+
+impl SnapshotLocation {
+    /// `--snapshot FILE` when given, else the embedded snapshot.
+    pub fn from_flag(path: Option<PathBuf>) -> Self {
+        path.map_or(SnapshotLocation::Embedded, SnapshotLocation::File)
+    }
+
+    fn load(&self) -> Result<Snapshot, Error> {
+        let text = match self {
+            SnapshotLocation::Embedded => std::borrow::Cow::Borrowed(EMBEDDED),
+            SnapshotLocation::File(path) => std::fs::read_to_string(path)
+                .map_err(|source| Error::Io {
+                    what: format!("price snapshot {self}"),
+                    source,
+                })?
+                .into(),
+        };
+        serde_json::from_str(&text)
+            .map_err(|e| Error::Invalid(format!("price snapshot {self} is not valid: {e}")))
+    }
+}
+
+impl fmt::Display for SnapshotLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SnapshotLocation::Embedded => f.write_str("(embedded)"),
+            SnapshotLocation::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
 
 #[derive(Debug, Deserialize)]
 struct Snapshot {
@@ -58,10 +103,13 @@ pub fn graviton_family(family: &str) -> bool {
         && attributes.contains('g')
 }
 
-/// The Spot Advisor interruption band per type of `region`, read from a snapshot file:
-/// the AWS APIs do not publish bands, so the AWS source takes them from here.
-pub fn interruption_bands(path: &Path, region: &str) -> Result<BTreeMap<String, u8>, Error> {
-    let snapshot = SnapshotSource::load(path)?;
+/// The Spot Advisor interruption band per type of `region`, as the snapshot recorded
+/// them: the AWS source's fallback when the Spot Advisor feed cannot be had.
+pub fn interruption_bands(
+    location: &SnapshotLocation,
+    region: &str,
+) -> Result<BTreeMap<String, u8>, Error> {
+    let snapshot = location.load()?;
     let prices = snapshot
         .regions
         .get(region)
@@ -74,29 +122,19 @@ pub fn interruption_bands(path: &Path, region: &str) -> Result<BTreeMap<String, 
 }
 
 pub struct SnapshotSource {
-    path: PathBuf,
+    location: SnapshotLocation,
     region: String,
     zones: Vec<String>,
 }
 
 impl SnapshotSource {
     /// `zones`: the AZs to publish the region-level list for.
-    pub fn new(path: impl Into<PathBuf>, region: String, zones: Vec<String>) -> Self {
+    pub fn new(location: SnapshotLocation, region: String, zones: Vec<String>) -> Self {
         SnapshotSource {
-            path: path.into(),
+            location,
             region,
             zones,
         }
-    }
-
-    fn load(path: &Path) -> Result<Snapshot, Error> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            what: format!("price snapshot {shown}"),
-            source,
-        })?;
-        serde_json::from_str(&text)
-            .map_err(|e| Error::Invalid(format!("price snapshot {shown} is not valid: {e}")))
     }
 
     /// The price book of the snapshot, without I/O (for tests and the CLI).
@@ -155,7 +193,7 @@ impl PriceSource for SnapshotSource {
     }
 
     async fn price_book(&self, _criteria: &Criteria) -> Result<PriceBook, Error> {
-        let snapshot = Self::load(&self.path)?;
+        let snapshot = self.location.load()?;
         self.book(&snapshot)
     }
 }
@@ -165,10 +203,12 @@ mod tests {
     use super::*;
     use spotkube_shared::ranking::compute;
 
-    pub const SNAPSHOT: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../testdata/data/aws-price-snapshot.json"
-    );
+    /// The snapshot's file in the repository: the one the binary embeds.
+    fn snapshot_file() -> SnapshotLocation {
+        SnapshotLocation::File(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/data/aws-price-snapshot.json").into(),
+        )
+    }
 
     #[test]
     fn graviton_is_read_from_the_attribute_letters() {
@@ -201,8 +241,18 @@ mod tests {
         let zones: Vec<String> = ["us-east-1a", "us-east-1b", "us-east-1c"]
             .map(String::from)
             .to_vec();
-        let source = SnapshotSource::new(SNAPSHOT, "us-east-1".into(), zones.clone());
+        let source = SnapshotSource::new(snapshot_file(), "us-east-1".into(), zones.clone());
         let book = source.price_book(&Criteria::default()).await.unwrap();
+        // The binary's own copy gives the same book, with no file at all.
+        let embedded = SnapshotSource::new(
+            SnapshotLocation::Embedded,
+            "us-east-1".into(),
+            zones.clone(),
+        );
+        assert_eq!(
+            embedded.price_book(&Criteria::default()).await.unwrap(),
+            book
+        );
         let ranking = compute(
             &book,
             &Criteria::default(),
@@ -241,10 +291,14 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_region_and_missing_file_are_clear_errors() {
-        let source = SnapshotSource::new(SNAPSHOT, "mars-1".into(), vec![]);
+        let source = SnapshotSource::new(SnapshotLocation::Embedded, "mars-1".into(), vec![]);
         let err = source.price_book(&Criteria::default()).await.unwrap_err();
         assert_eq!(err.to_string(), "price snapshot has no region \"mars-1\"");
-        let source = SnapshotSource::new("/nonexistent.json", "us-east-1".into(), vec![]);
+        let source = SnapshotSource::new(
+            SnapshotLocation::File("/nonexistent.json".into()),
+            "us-east-1".into(),
+            vec![],
+        );
         assert!(
             source
                 .price_book(&Criteria::default())

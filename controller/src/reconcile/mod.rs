@@ -6,8 +6,10 @@
 //! - [`scale_back`]: end scaled surges whose hold is over.
 //! - [`ranking`]: refresh and publish the price ranking.
 //! - [`unscheduled`]: report pods spotkube's scheduler has not picked up (it is down).
+//! - [`namespace_labels`]: mirror the opt-in annotation to the label the webhook selects.
 
 pub mod drain;
+pub mod namespace_labels;
 pub mod ranking;
 pub mod scale_back;
 pub mod unscheduled;

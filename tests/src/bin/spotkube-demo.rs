@@ -168,6 +168,24 @@ async fn run() -> anyhow::Result<()> {
     cluster
         .register_webhook("spotkube-demo", &webhook, NAMESPACE)
         .await?;
+    // The webhook selects namespaces by label; the controller mirrors the annotation.
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    wait_for(
+        "the controller to mirror the opt-in to a label",
+        Duration::from_secs(30),
+        || async {
+            let ns = namespaces.get(NAMESPACE).await?;
+            let labelled = ns
+                .metadata
+                .labels
+                .is_some_and(|l| l.get("spotkube.io/enabled").map(String::as_str) == Some("true"));
+            Ok(labelled.then_some(()))
+        },
+    )
+    .await?;
+    println!(
+        "    {NAMESPACE}: spotkube.io/enabled annotation mirrored to a label by the controller"
+    );
 
     step(
         "Deploying `web` (1 replica) and `api` (3 replicas, PDB minAvailable 2) into the opted-in namespace",

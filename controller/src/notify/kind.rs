@@ -1,0 +1,100 @@
+//! What a notification is about, from the Kubernetes Event it mirrors.
+
+use kube::runtime::events::EventType;
+
+/// The kinds a receiver can filter on (`kind` in the generic payload). Behaviours
+/// spotkube does not have yet (capacity fallback, Fargate failover) slot in as a
+/// variant here and their Event reasons as a row in [`Kind::of_event`]: the payloads,
+/// dedup and rate limits are the same for every kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// A Node marked for an interruption (spot warning, rebalance, scheduled change).
+    Interruption,
+    /// spotkube's marks removed from a Node (the instance stays, or is gone).
+    InterruptionCleared,
+    /// A single-replica workload surged: rollout restart or scale up.
+    SurgeStarted,
+    /// A surge's replacement is Ready: the workload no longer depends on the Node.
+    SurgeFinished,
+    /// A scaled surge's hold is over and its replicas went back.
+    SurgeScaledBack,
+    /// A pod evicted from a Node being drained.
+    Evicted,
+    /// An action failed (it is retried), or something spotkube relies on is down.
+    Failure,
+}
+
+impl Kind {
+    /// The kind an Event of `reason` notifies as; `None`: it does not notify.
+    pub fn of_event(type_: EventType, reason: &str) -> Option<Kind> {
+        match reason {
+            "SpotInterruption" => Some(Kind::Interruption),
+            "InterruptionCleared" => Some(Kind::InterruptionCleared),
+            "SurgeRestart" | "SurgeScale" => Some(Kind::SurgeStarted),
+            "ReplacementReady" => Some(Kind::SurgeFinished),
+            "SurgeEnded" => Some(Kind::SurgeScaledBack),
+            "Evicted" => Some(Kind::Evicted),
+            "SpotkubeActionFailed" | "SchedulerUnavailable" => Some(Kind::Failure),
+            // A Warning is always someone's problem: one added later without a row
+            // here still reaches the operator, as a failure.
+            _ if type_ == EventType::Warning => Some(Kind::Failure),
+            _ => None,
+        }
+    }
+
+    /// The `kind` of the generic payload.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Interruption => "interruption",
+            Kind::InterruptionCleared => "interruption_cleared",
+            Kind::SurgeStarted => "surge_started",
+            Kind::SurgeFinished => "surge_finished",
+            Kind::SurgeScaledBack => "surge_scaled_back",
+            Kind::Evicted => "evicted",
+            Kind::Failure => "failure",
+        }
+    }
+
+    /// The headline of a chat message.
+    pub fn title(self) -> &'static str {
+        match self {
+            Kind::Interruption => ":rotating_light: Spot interruption",
+            Kind::InterruptionCleared => ":white_check_mark: Interruption cleared",
+            Kind::SurgeStarted => ":arrows_counterclockwise: Surge started",
+            Kind::SurgeFinished => ":white_check_mark: Surge finished",
+            Kind::SurgeScaledBack => ":arrow_down: Surge scaled back",
+            Kind::Evicted => ":outbox_tray: Pod evicted",
+            Kind::Failure => ":x: spotkube action failed",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_event_spotkube_records_maps_to_its_kind() {
+        use EventType::{Normal, Warning};
+        let cases = [
+            (Warning, "SpotInterruption", Some(Kind::Interruption)),
+            (
+                Normal,
+                "InterruptionCleared",
+                Some(Kind::InterruptionCleared),
+            ),
+            (Normal, "SurgeRestart", Some(Kind::SurgeStarted)),
+            (Normal, "SurgeScale", Some(Kind::SurgeStarted)),
+            (Normal, "ReplacementReady", Some(Kind::SurgeFinished)),
+            (Normal, "SurgeEnded", Some(Kind::SurgeScaledBack)),
+            (Normal, "Evicted", Some(Kind::Evicted)),
+            (Warning, "SpotkubeActionFailed", Some(Kind::Failure)),
+            (Warning, "SchedulerUnavailable", Some(Kind::Failure)),
+            (Warning, "SomethingNewAndBad", Some(Kind::Failure)),
+            (Normal, "SomethingNewAndFine", None),
+        ];
+        for (type_, reason, kind) in cases {
+            assert_eq!(Kind::of_event(type_, reason), kind, "{reason}");
+        }
+    }
+}
