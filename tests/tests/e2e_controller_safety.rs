@@ -374,12 +374,12 @@ async fn the_taint_needs_no_owner_lookup() -> anyhow::Result<()> {
     )
 }
 
+/// The value of the unlabelled sample `name` (not of a longer name it prefixes).
 fn metric_value(metrics: &str, name: &str) -> Option<f64> {
     metrics
         .lines()
-        .find(|l| l.starts_with(name) && !l.starts_with('#'))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 async fn lease(test: &TestNamespace) -> anyhow::Result<Option<(String, jiff::Timestamp)>> {
