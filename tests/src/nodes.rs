@@ -344,6 +344,25 @@ pub fn is_ready(node: &Node) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// What the built-in price snapshot ranks first in every zone (arm64 c/m/r 7g/8g, 2–16
+/// vCPU, band ≤ 2, by spot $ per vCPU-hour; see the controller's snapshot test).
+pub const SNAPSHOT_TOP6: [&str; 6] = [
+    "c7g.4xlarge",
+    "c7g.2xlarge",
+    "c8g.xlarge",
+    "c7g.xlarge",
+    "m7g.2xlarge",
+    "m7g.large",
+];
+
+/// The instance types of `zone` in `ranking`, best first.
+pub fn ranked_types(ranking: &spotkube_shared::ranking::Ranking, zone: &str) -> Vec<String> {
+    ranking.zones[zone]
+        .iter()
+        .map(|e| e.instance_type.clone())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

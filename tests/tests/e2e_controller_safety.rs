@@ -197,14 +197,7 @@ impl Setup {
     }
 
     async fn restarted(&self, name: &str) -> anyhow::Result<bool> {
-        let deployment = Api::<Deployment>::namespaced(self.test.client.clone(), &self.test.name)
-            .get(name)
-            .await?;
-        Ok(deployment
-            .spec
-            .and_then(|s| s.template.metadata)
-            .and_then(|m| m.annotations)
-            .is_some_and(|a| a.contains_key("kubectl.kubernetes.io/restartedAt")))
+        Ok(self.restarted_at(name).await?.is_some())
     }
 }
 

@@ -4,29 +4,12 @@
 //! serves Pricing GetProducts from the snapshot).
 
 use spotkube_rig::aws::Moto;
+use spotkube_rig::nodes::{SNAPSHOT_TOP6, ranked_types};
 use spotkube_shared::ranking::Ranking;
 
 async fn rank_from_moto(moto: &Moto, extra: &[&str]) -> anyhow::Result<Ranking> {
     Ok(moto.rank(extra, &[]).await?)
 }
-
-fn names(ranking: &Ranking, zone: &str) -> Vec<String> {
-    ranking.zones[zone]
-        .iter()
-        .map(|e| e.instance_type.clone())
-        .collect()
-}
-
-/// The snapshot-derived top 6 (see the controller's snapshot test): arm64 c/m/r 7g/8g,
-/// 2–16 vCPU, band ≤ 2, by spot $ per vCPU-hour.
-const SNAPSHOT_TOP6: [&str; 6] = [
-    "c7g.4xlarge",
-    "c7g.2xlarge",
-    "c8g.xlarge",
-    "c7g.xlarge",
-    "m7g.2xlarge",
-    "m7g.large",
-];
 
 #[tokio::test]
 async fn aws_sources_rank_like_the_snapshot_and_a_cheaper_az_price_reorders_only_that_az()
@@ -46,14 +29,14 @@ async fn aws_sources_rank_like_the_snapshot_and_a_cheaper_az_price_reorders_only
         ["us-east-1a", "us-east-1b", "us-east-1c"]
     );
     // us-east-1a carries the snapshot's prices unchanged; us-east-1c scales them by 0.97.
-    assert_eq!(names(&ranking, "us-east-1a"), SNAPSHOT_TOP6);
-    assert_eq!(names(&ranking, "us-east-1c"), SNAPSHOT_TOP6);
+    assert_eq!(ranked_types(&ranking, "us-east-1a"), SNAPSHOT_TOP6);
+    assert_eq!(ranked_types(&ranking, "us-east-1c"), SNAPSHOT_TOP6);
     // us-east-1b (×1.03): the same six; m7g.2xlarge and m7g.large tie exactly in the
     // snapshot, and rounding to 6 decimals makes m7g.large ($0.030257/2 vCPU) a hair
     // cheaper than m7g.2xlarge ($0.121029/8 vCPU).
     let mut b_expected = SNAPSHOT_TOP6.map(String::from).to_vec();
     b_expected.swap(4, 5);
-    assert_eq!(names(&ranking, "us-east-1b"), b_expected);
+    assert_eq!(ranked_types(&ranking, "us-east-1b"), b_expected);
     let first = &ranking.zones["us-east-1a"][0];
     assert_eq!(first.on_demand_usd_per_hour, 0.58);
     assert!((first.spot_usd_per_hour - 0.1682).abs() < 1e-9, "{first:?}");
@@ -67,7 +50,7 @@ async fn aws_sources_rank_like_the_snapshot_and_a_cheaper_az_price_reorders_only
     assert_eq!(reranked.zones["us-east-1b"][0].spot_usd_per_hour, 0.03);
     assert_eq!(reranked.zones["us-east-1b"].len(), 6);
     assert_eq!(
-        names(&reranked, "us-east-1b")[1..],
+        ranked_types(&reranked, "us-east-1b")[1..],
         b_expected[..5],
         "the rest shifts down by one"
     );

@@ -7,24 +7,7 @@ use std::path::PathBuf;
 
 use serde_json::{Value, json};
 use spotkube_rig::aws::{Moto, fixtures_dir};
-use spotkube_shared::ranking::Ranking;
-
-fn names(ranking: &Ranking, zone: &str) -> Vec<String> {
-    ranking.zones[zone]
-        .iter()
-        .map(|e| e.instance_type.clone())
-        .collect()
-}
-
-/// What the price snapshot ranks first (band 0 in the feed and the snapshot alike).
-const SNAPSHOT_TOP6: [&str; 6] = [
-    "c7g.4xlarge",
-    "c7g.2xlarge",
-    "c8g.xlarge",
-    "c7g.xlarge",
-    "m7g.2xlarge",
-    "m7g.large",
-];
+use spotkube_rig::nodes::{SNAPSHOT_TOP6, ranked_types};
 
 #[tokio::test]
 async fn aws_ranking_takes_interruption_bands_from_the_spot_advisor_feed() -> anyhow::Result<()> {
@@ -35,7 +18,7 @@ async fn aws_ranking_takes_interruption_bands_from_the_spot_advisor_feed() -> an
         "bands from the feed: no fallback note"
     );
     assert_eq!(moto.calls("spot-advisor-data.json").await?, 1);
-    assert_eq!(names(&ranking, "us-east-1a"), SNAPSHOT_TOP6);
+    assert_eq!(ranked_types(&ranking, "us-east-1a"), SNAPSHOT_TOP6);
     assert_eq!(ranking.zones["us-east-1a"][0].interruption_band, Some(0));
 
     // The feed alone changes: c7g.4xlarge is now interrupted most (band 4, above the
@@ -51,7 +34,7 @@ async fn aws_ranking_takes_interruption_bands_from_the_spot_advisor_feed() -> an
     assert_eq!(reranked.source, "aws");
     assert_eq!(moto.calls("spot-advisor-data.json").await?, 2);
     assert_eq!(
-        names(&reranked, "us-east-1a"),
+        ranked_types(&reranked, "us-east-1a"),
         [
             "c7g.2xlarge",
             "c8g.4xlarge",
@@ -88,7 +71,7 @@ async fn without_the_feed_aws_ranking_takes_the_snapshot_bands_and_says_so() -> 
         )
     );
     // The snapshot's bands are the sample's: the same ranking, bands and all.
-    assert_eq!(names(&ranking, "us-east-1a"), SNAPSHOT_TOP6);
+    assert_eq!(ranked_types(&ranking, "us-east-1a"), SNAPSHOT_TOP6);
     assert_eq!(ranking.zones["us-east-1a"][0].interruption_band, Some(0));
     assert_eq!(ranking.zones["us-east-1a"][5].interruption_band, Some(2));
 
