@@ -648,10 +648,10 @@ async fn killed_between_receive_and_action_the_message_is_acted_on_once_after_re
     )
 }
 
-/// A validating webhook that never answers, for the Nodes labelled
-/// `spotkube.test/slow=<namespace>` only: every write to such a Node waits out the
-/// webhook's timeout (failurePolicy Ignore lets it through then). The listener
-/// accepts connections and never speaks, so the API server's TLS handshake hangs.
+/// A validating webhook for the Nodes labelled `spotkube.test/slow=<namespace>` only,
+/// that never answers the first write marking such a Node: it waits out the webhook's
+/// timeout (failurePolicy Ignore lets it through then). The listener accepts that
+/// connection and never speaks, so the API server's TLS handshake hangs.
 async fn slow_node_writes(
     client: &kube::Client,
     namespace: &str,
@@ -662,10 +662,14 @@ async fn slow_node_writes(
     use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
+    // One call is held, then the listener closes and later calls fail fast (and are
+    // ignored): a Node write waiting 8 s would otherwise often lose its
+    // resourceVersion race to kwok's status updates and be retried, slowly, again.
     let silent = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            held.push(socket);
+        if let Ok((socket, _)) = listener.accept().await {
+            drop(listener);
+            std::future::pending::<()>().await;
+            drop(socket);
         }
     });
     let config = json!({
@@ -679,6 +683,11 @@ async fn slow_node_writes(
             "rules": [{ "apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"],
                         "resources": ["nodes"] }],
             "objectSelector": { "matchLabels": { "spotkube.test/slow": namespace } },
+            // Only spotkube's mark: the node lifecycle controller writes Nodes too.
+            "matchConditions": [{
+                "name": "spotkube-mark",
+                "expression": "has(object.metadata.annotations) && 'spotkube.io/interruption' in object.metadata.annotations",
+            }],
             "failurePolicy": "Ignore",
             "timeoutSeconds": timeout_seconds,
             "sideEffects": "None",
@@ -691,7 +700,7 @@ async fn slow_node_writes(
     Ok(silent)
 }
 
-/// Two messages, the first about a node whose every write is slowed to 8 s: the
+/// Two messages, the first about a node whose first write is slowed to 8 s: the
 /// second node is marked at once, not after the first message is done.
 #[tokio::test]
 async fn a_slow_message_never_delays_another_nodes_taint() -> anyhow::Result<()> {
