@@ -6,7 +6,7 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/spotkube/target
 CARGO ?= cargo
 
-.PHONY: demo test tools build lint unit help bench-webhook bench-extender bench-controller bench-api-load
+.PHONY: demo test tools build lint unit help bench-webhook bench-extender bench-controller bench-api-load images
 
 help:
 	@echo "make demo   run the local demo: control plane + kwok + moto + webhook, extender, controller"
@@ -19,6 +19,11 @@ tools:
 ## The three programs, as the rig and the demo start them.
 build:
 	$(CARGO) build --workspace --bins
+
+## The three images (FROM scratch, static binaries, uid 65532) as OCI archives under
+## ~/.cache/spotkube/images/, built offline with buildah and checked (images/build.sh).
+images:
+	bash images/build.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
