@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
 use mock::Expect;
+use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use spotkube_controller::decide::{Action, Owner, Planning, TaintEffect};
 use spotkube_controller::intake::{Intake, Outcome};
@@ -49,41 +50,55 @@ fn ensure(holds: bool, what: impl Into<String>) -> Result<(), String> {
     if holds { Ok(()) } else { Err(what.into()) }
 }
 
+/// Carries `action` out for node `spot-a` against the scripted API; the served
+/// requests and the metrics registry are left to check.
+async fn execute_scripted(
+    script: Vec<Expect>,
+    action: Action,
+) -> (spotkube_controller::Result<()>, mock::Served, Registry) {
+    let (client, served) = mock::client(script);
+    let (actor, registry) = mock::actor(client, NodesIndex::default());
+    let result = actor.execute("spot-a", vec![action], Instant::now()).await;
+    (result, served, registry)
+}
+
+/// `spotkube_controller_actions_total{<labels>}` reads 1.
+fn assert_action_counted(registry: &Registry, labels: &str) {
+    let metrics = mock::scrape(registry);
+    let line = format!("spotkube_controller_actions_total{{{labels}}} 1");
+    assert!(metrics.contains(&line), "no {line} in\n{metrics}");
+}
+
 #[tokio::test]
 async fn node_patch_conflict_is_retried_on_a_fresh_read() {
-    let (client, served) = mock::client(vec![
-        Expect::get(NODE).returns(mock::node("spot-a", INSTANCE, "1")),
-        Expect::patch(NODE)
-            .checks(patched_under("1"))
-            .fails(409, "Conflict"),
-        Expect::get(NODE).returns(mock::node("spot-a", INSTANCE, "2")),
-        Expect::patch(NODE)
-            .checks(|body| {
-                patched_under("2")(body)?;
-                ensure(body["spec"]["unschedulable"] == true, "not cordoned")?;
-                let taint = json!([{"key": "spotkube.io/interruption", "effect": "NoSchedule"}]);
-                ensure(body["spec"]["taints"] == taint, format!("taints {body}"))?;
-                let notice = &body["metadata"]["annotations"]["spotkube.io/interruption"];
-                ensure(
-                    notice.as_str().is_some_and(|n| n.contains("e-1")),
-                    format!("notice {notice}"),
-                )
-            })
-            .returns(mock::node("spot-a", INSTANCE, "3")),
-    ]);
-    let (actor, registry) = mock::actor(client, NodesIndex::default());
-    actor
-        .execute("spot-a", vec![mark()], Instant::now())
-        .await
-        .unwrap();
+    let (result, served, registry) = execute_scripted(
+        vec![
+            Expect::get(NODE).returns(mock::node("spot-a", INSTANCE, "1")),
+            Expect::patch(NODE)
+                .checks(patched_under("1"))
+                .fails(409, "Conflict"),
+            Expect::get(NODE).returns(mock::node("spot-a", INSTANCE, "2")),
+            Expect::patch(NODE)
+                .checks(|body| {
+                    patched_under("2")(body)?;
+                    ensure(body["spec"]["unschedulable"] == true, "not cordoned")?;
+                    let taint =
+                        json!([{"key": "spotkube.io/interruption", "effect": "NoSchedule"}]);
+                    ensure(body["spec"]["taints"] == taint, format!("taints {body}"))?;
+                    let notice = &body["metadata"]["annotations"]["spotkube.io/interruption"];
+                    ensure(
+                        notice.as_str().is_some_and(|n| n.contains("e-1")),
+                        format!("notice {notice}"),
+                    )
+                })
+                .returns(mock::node("spot-a", INSTANCE, "3")),
+        ],
+        mark(),
+    )
+    .await;
+    result.unwrap();
     served.check();
-    let metrics = mock::scrape(&registry);
-    assert!(
-        metrics.contains(
-            r#"spotkube_controller_actions_total{action="mark-node",outcome="ok",error="none"} 1"#
-        ),
-        "{metrics}"
-    );
+    assert_action_counted(&registry, r#"action="mark-node",outcome="ok",error="none""#);
 }
 
 #[tokio::test]
@@ -93,20 +108,13 @@ async fn conflicts_that_never_end_fail_the_action_as_a_conflict() {
         script.push(Expect::get(NODE).returns(mock::node("spot-a", INSTANCE, version)));
         script.push(Expect::patch(NODE).fails(409, "Conflict"));
     }
-    let (client, served) = mock::client(script);
-    let (actor, registry) = mock::actor(client, NodesIndex::default());
-    let error = actor
-        .execute("spot-a", vec![mark()], Instant::now())
-        .await
-        .unwrap_err();
+    let (result, served, registry) = execute_scripted(script, mark()).await;
+    let error = result.unwrap_err();
     served.check();
     assert_eq!(error.category(), "conflict", "{error}");
-    let metrics = mock::scrape(&registry);
-    assert!(
-        metrics.contains(
-            r#"spotkube_controller_actions_total{action="mark-node",outcome="error",error="conflict"} 1"#
-        ),
-        "{metrics}"
+    assert_action_counted(
+        &registry,
+        r#"action="mark-node",outcome="error",error="conflict""#,
     );
 }
 
@@ -346,7 +354,8 @@ fn scale_web() -> Action {
 
 #[tokio::test]
 async fn a_restart_conflicting_with_a_surge_by_another_leader_restarts_nothing_twice() {
-    let (client, served) = mock::client(vec![
+    let (result, served, registry) = execute_scripted(
+        vec![
         Expect::get(WEB).returns(mock::deployment("1", 1, json!({}))),
         Expect::patch(WEB)
             .checks(|body| {
@@ -366,74 +375,61 @@ async fn a_restart_conflicting_with_a_surge_by_another_leader_restarts_nothing_t
             1,
             json!({"spotkube.io/reason": "e-1"}),
         )),
-    ]);
-    let (actor, registry) = mock::actor(client, NodesIndex::default());
-    actor
-        .execute("spot-a", vec![restart_web()], Instant::now())
-        .await
-        .unwrap();
+    ],
+        restart_web(),
+    )
+    .await;
+    result.unwrap();
     served.check();
-    let metrics = mock::scrape(&registry);
-    assert!(
-        metrics.contains(
-            r#"spotkube_controller_actions_total{action="restart",outcome="ok",error="none"} 1"#
-        ),
-        "{metrics}"
-    );
+    assert_action_counted(&registry, r#"action="restart",outcome="ok",error="none""#);
 }
 
 #[tokio::test]
 async fn a_scale_conflict_is_decided_again_and_surges_once_under_the_new_version() {
-    let (client, served) = mock::client(vec![
-        Expect::get(WEB).returns(mock::deployment("1", 1, json!({}))),
-        Expect::patch(WEB)
-            .checks(patched_under("1"))
-            .fails(409, "Conflict"),
-        // Changed meanwhile (say, its template), still one replica and not surged.
-        Expect::get(WEB).returns(mock::deployment("2", 1, json!({}))),
-        Expect::patch(WEB)
-            .checks(|body| {
-                patched_under("2")(body)?;
-                ensure(body["spec"]["replicas"] == 2, "not scaled to 2")?;
-                ensure(
-                    body["metadata"]["labels"]["spotkube.io/surging"] == "true",
-                    format!("not labelled as surging: {body}"),
-                )?;
-                let annotations = &body["metadata"]["annotations"];
-                ensure(
-                    annotations["spotkube.io/surge-from"] == "1"
-                        && annotations["spotkube.io/surge-until"] == "2026-11-20T10:22:00Z",
-                    format!("surge not recorded: {annotations}"),
-                )
-            })
-            .returns(mock::deployment(
-                "3",
-                2,
-                json!({"spotkube.io/surge-from": "1"}),
-            )),
-        // The rollout is followed by a watch on this one Deployment, not by polling.
-        Expect::get("/apis/apps/v1/namespaces/shop/deployments")
-            .with_query("fieldSelector=metadata.name%3Dweb")
-            .returns(json!({
-                "apiVersion": "apps/v1", "kind": "DeploymentList",
-                "metadata": {"resourceVersion": "4"},
-                "items": [mock::deployment("4", 2, json!({"spotkube.io/surge-from": "1"}))],
-            })),
-    ]);
-    let (actor, registry) = mock::actor(client, NodesIndex::default());
-    actor
-        .execute("spot-a", vec![scale_web()], Instant::now())
-        .await
-        .unwrap();
+    let (result, served, registry) = execute_scripted(
+        vec![
+            Expect::get(WEB).returns(mock::deployment("1", 1, json!({}))),
+            Expect::patch(WEB)
+                .checks(patched_under("1"))
+                .fails(409, "Conflict"),
+            // Changed meanwhile (say, its template), still one replica and not surged.
+            Expect::get(WEB).returns(mock::deployment("2", 1, json!({}))),
+            Expect::patch(WEB)
+                .checks(|body| {
+                    patched_under("2")(body)?;
+                    ensure(body["spec"]["replicas"] == 2, "not scaled to 2")?;
+                    ensure(
+                        body["metadata"]["labels"]["spotkube.io/surging"] == "true",
+                        format!("not labelled as surging: {body}"),
+                    )?;
+                    let annotations = &body["metadata"]["annotations"];
+                    ensure(
+                        annotations["spotkube.io/surge-from"] == "1"
+                            && annotations["spotkube.io/surge-until"] == "2026-11-20T10:22:00Z",
+                        format!("surge not recorded: {annotations}"),
+                    )
+                })
+                .returns(mock::deployment(
+                    "3",
+                    2,
+                    json!({"spotkube.io/surge-from": "1"}),
+                )),
+            // The rollout is followed by a watch on this one Deployment, not by polling.
+            Expect::get("/apis/apps/v1/namespaces/shop/deployments")
+                .with_query("fieldSelector=metadata.name%3Dweb")
+                .returns(json!({
+                    "apiVersion": "apps/v1", "kind": "DeploymentList",
+                    "metadata": {"resourceVersion": "4"},
+                    "items": [mock::deployment("4", 2, json!({"spotkube.io/surge-from": "1"}))],
+                })),
+        ],
+        scale_web(),
+    )
+    .await;
+    result.unwrap();
     served.settled(Duration::from_secs(5)).await;
     served.check();
-    let metrics = mock::scrape(&registry);
-    assert!(
-        metrics.contains(
-            r#"spotkube_controller_actions_total{action="scale",outcome="ok",error="none"} 1"#
-        ),
-        "{metrics}"
-    );
+    assert_action_counted(&registry, r#"action="scale",outcome="ok",error="none""#);
     wait_for_metric(
         &registry,
         "spotkube_controller_receipt_to_replacement_ready_seconds_count 1",
@@ -443,22 +439,22 @@ async fn a_scale_conflict_is_decided_again_and_surges_once_under_the_new_version
 
 #[tokio::test]
 async fn a_scale_conflict_with_a_surge_already_made_scales_nothing_twice() {
-    let (client, served) = mock::client(vec![
-        Expect::get(WEB).returns(mock::deployment("1", 1, json!({}))),
-        Expect::patch(WEB)
-            .checks(patched_under("1"))
-            .fails(409, "Conflict"),
-        Expect::get(WEB).returns(mock::deployment(
-            "2",
-            2,
-            json!({"spotkube.io/reason": "e-1", "spotkube.io/surge-from": "1"}),
-        )),
-    ]);
-    let (actor, _registry) = mock::actor(client, NodesIndex::default());
-    actor
-        .execute("spot-a", vec![scale_web()], Instant::now())
-        .await
-        .unwrap();
+    let (result, served, _registry) = execute_scripted(
+        vec![
+            Expect::get(WEB).returns(mock::deployment("1", 1, json!({}))),
+            Expect::patch(WEB)
+                .checks(patched_under("1"))
+                .fails(409, "Conflict"),
+            Expect::get(WEB).returns(mock::deployment(
+                "2",
+                2,
+                json!({"spotkube.io/reason": "e-1", "spotkube.io/surge-from": "1"}),
+            )),
+        ],
+        scale_web(),
+    )
+    .await;
+    result.unwrap();
     served.check();
 }
 

@@ -70,6 +70,16 @@ fn pod(name: &str, owner: Owner, policy: Policy) -> PodView {
     }
 }
 
+/// `node()` as spotkube leaves it after `event`.
+fn marked_by(event: &SpotEvent) -> NodeView {
+    node().after(&decide(event, &node(), &[], now(), &plan()))
+}
+
+/// `node()` tainted, cordoned and noticed for the spot interruption fixture.
+fn interrupted() -> NodeView {
+    marked_by(&spot_event())
+}
+
 fn spot_event() -> SpotEvent {
     events::parse(SPOT).unwrap()
 }
@@ -279,16 +289,7 @@ fn surge_off_single_replica_is_evicted_not_surged() {
 
 #[test]
 fn deciding_again_on_an_acted_node_surges_nothing_twice() {
-    let first = decide(&spot_event(), &node(), &[], now(), &plan());
-    let Action::MarkNode { notice, .. } = &first[0] else {
-        panic!()
-    };
-    let acted_node = NodeView {
-        unschedulable: true,
-        taint: Some(TaintEffect::NoSchedule),
-        notice: Some(notice.clone()),
-        ..node()
-    };
+    let acted_node = interrupted();
     let mut restarted = deployment("web", 1);
     restarted.surged_for = Some(key());
     let mut scaled = deployment("batch", 2);
@@ -360,19 +361,8 @@ fn rebalance_prefers_no_schedule_and_moves_single_replica_statefulsets_early() {
 
 #[test]
 fn rebalance_after_an_interruption_changes_nothing() {
-    let Action::MarkNode { notice, .. } =
-        decide(&spot_event(), &node(), &[], now(), &plan()).remove(0)
-    else {
-        panic!()
-    };
-    let interrupted = NodeView {
-        unschedulable: true,
-        taint: Some(TaintEffect::NoSchedule),
-        notice: Some(notice),
-        ..node()
-    };
     let event = events::parse(REBALANCE).unwrap();
-    assert_eq!(decide(&event, &interrupted, &[], now(), &plan()), vec![]);
+    assert_eq!(decide(&event, &interrupted(), &[], now(), &plan()), vec![]);
 }
 
 #[test]
@@ -416,10 +406,7 @@ fn state_change(state: &str, time: &str) -> SpotEvent {
 /// A spot instance whose interruption behaviour is `stop` (or `hibernate`) comes back.
 #[test]
 fn running_again_after_the_deadline_cleans_and_uncordons_a_stop_marked_node() {
-    let [mark] = &decide(&spot_event(), &node(), &[], now(), &plan())[..] else {
-        panic!("one mark")
-    };
-    let stopped = node().after(std::slice::from_ref(mark));
+    let stopped = interrupted();
     assert!(stopped.unschedulable);
     let deadline = stopped.notice.as_ref().unwrap().deadline.unwrap();
     // A stale `running` from before the warning's deadline changes nothing...
@@ -587,9 +574,8 @@ fn a_closed_scheduled_change_clears_its_marks_and_no_one_elses() {
         vec![Action::CleanNode { uncordon: true }]
     );
     // A spot interruption's marks are not the Health event's to clear.
-    let interrupted = node().after(&decide(&spot_event(), &node(), &[], now(), &plan()));
     assert_eq!(
-        decide(&health("closed"), &interrupted, &[], at, &plan()),
+        decide(&health("closed"), &interrupted(), &[], at, &plan()),
         vec![]
     );
     assert_eq!(decide(&health("closed"), &node(), &[], at, &plan()), vec![]);
@@ -597,9 +583,8 @@ fn a_closed_scheduled_change_clears_its_marks_and_no_one_elses() {
 
 #[test]
 fn a_scheduled_change_never_weakens_an_interruption() {
-    let interrupted = node().after(&decide(&spot_event(), &node(), &[], now(), &plan()));
     assert_eq!(
-        decide(&health("upcoming"), &interrupted, &[], now(), &plan()),
+        decide(&health("upcoming"), &interrupted(), &[], now(), &plan()),
         vec![]
     );
 }
@@ -620,17 +605,7 @@ fn scale_back_only_when_due_and_untouched() {
 
 #[test]
 fn drain_protects_what_remains_until_the_deadline_only() {
-    let Action::MarkNode { notice, .. } =
-        decide(&spot_event(), &node(), &[], now(), &plan()).remove(0)
-    else {
-        panic!()
-    };
-    let marked = NodeView {
-        unschedulable: true,
-        taint: Some(TaintEffect::NoSchedule),
-        notice: Some(notice),
-        ..node()
-    };
+    let marked = interrupted();
     let mut surged = deployment("web", 1);
     surged.surged_for = Some(key());
     let pods = [
@@ -654,13 +629,6 @@ fn drain_protects_what_remains_until_the_deadline_only() {
     assert_eq!(drain(&marked, &pods, late), vec![]);
     // A rebalance notice is no reason to drain.
     let event = events::parse(REBALANCE).unwrap();
-    let Action::MarkNode { notice, .. } = decide(&event, &node(), &[], now(), &plan()).remove(0)
-    else {
-        panic!()
-    };
-    let rebalanced = NodeView {
-        notice: Some(notice),
-        ..node()
-    };
+    let rebalanced = marked_by(&event);
     assert_eq!(drain(&rebalanced, &pods, now()), vec![]);
 }
