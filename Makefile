@@ -6,13 +6,15 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/spotkube/target
 CARGO ?= cargo
 
-.PHONY: demo test tools build lint unit help bench-webhook bench-extender bench-controller bench-api-load images
+.PHONY: demo test tools build lint unit help manifests bench-webhook bench-extender bench-controller bench-api-load images
 
 help:
 	@echo "make demo   run the local demo: control plane + kwok + moto + webhook, extender, controller"
 	@echo "make test   run every test: format, lints, unit, component and end-to-end tests"
 
-## The external tools of the rig (idempotent; cold ~8 min on 2 cores, warm ~1 s).
+## The external tools of the rig and of the chart's checks: Kubernetes, etcd, kwok,
+## moto, helm, cert-manager's and the Prometheus Operator's CRDs (idempotent; cold
+## ~10 min on 2 cores, warm ~1 s).
 tools:
 	@bash tests/tools/install-tools.sh all >/dev/null
 
@@ -25,9 +27,14 @@ build:
 images:
 	bash images/build.sh
 
+## manifests/ rendered from the Helm chart charts/spotkube (its one source of truth).
+manifests:
+	bash charts/render-manifests.sh
+
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	bash charts/render-manifests.sh --check
 
 ## Pure and component tests only (no control plane, no moto).
 unit:

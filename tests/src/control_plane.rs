@@ -33,18 +33,39 @@ pub struct ExtenderConfig {
 }
 
 impl ExtenderConfig {
-    /// spotkube-extender's verbs: `filter` and `prioritize`, weight 1, node-cache capable.
-    pub fn spotkube(url_prefix: impl Into<String>) -> Self {
-        Self {
-            url_prefix: url_prefix.into(),
-            filter_verb: Some("filter".into()),
-            prioritize_verb: Some("prioritize".into()),
-            weight: 1,
-            node_cache_capable: true,
-            ignorable: false,
-            http_timeout: Duration::from_secs(5),
+    /// The extender entry of the shipped scheduler configuration (the rendered chart's
+    /// `manifests/scheduler/configmap.yaml`: verbs, weight, node cache, ignorable,
+    /// timeout), calling `url_prefix` over plain HTTP instead of the in-cluster Service.
+    pub fn shipped(url_prefix: impl Into<String>) -> Self {
+        Self::from_shipped(url_prefix.into()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn from_shipped(url_prefix: String) -> Result<Self, RigError> {
+        const FILE: &str = "scheduler/configmap.yaml";
+        let invalid = |what: &str| RigError::Kube(format!("{FILE}: {what}"));
+        let documents = crate::shipped::documents(FILE)?;
+        let config = documents
+            .first()
+            .and_then(|d| d.data["data"]["config.yaml"].as_str())
+            .ok_or_else(|| invalid("no data.config.yaml"))?;
+        let config: serde_json::Value =
+            serde_yaml_ng::from_str(config).map_err(|e| invalid(&e.to_string()))?;
+        let entry = &config["extenders"][0];
+        let verb = |key: &str| entry[key].as_str().map(String::from);
+        let http_timeout = entry["httpTimeout"].as_str().unwrap_or("30s");
+        Ok(Self {
+            url_prefix,
+            filter_verb: verb("filterVerb"),
+            prioritize_verb: verb("prioritizeVerb"),
+            weight: entry["weight"]
+                .as_i64()
+                .ok_or_else(|| invalid("no extender weight"))?,
+            node_cache_capable: entry["nodeCacheCapable"].as_bool().unwrap_or(false),
+            ignorable: entry["ignorable"].as_bool().unwrap_or(false),
+            http_timeout: humantime::parse_duration(http_timeout)
+                .map_err(|e| invalid(&format!("httpTimeout {http_timeout}: {e}")))?,
             ca_file: None,
-        }
+        })
     }
 
     fn to_json(&self) -> serde_json::Value {

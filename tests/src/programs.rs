@@ -7,14 +7,14 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
+    MutatingWebhook, MutatingWebhookConfiguration, WebhookClientConfig,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, ObjectMeta, PostParams};
 
 use crate::RigError;
 use crate::certs::CertFiles;
-use crate::cluster::{Cluster, OPT_IN_LABEL};
+use crate::cluster::Cluster;
 use crate::ports::free_addr;
 use crate::process::{Managed, Spec};
 use crate::tools::program_binary;
@@ -258,11 +258,12 @@ impl Cluster {
         .await
     }
 
-    /// Registers `webhook` as a MutatingWebhookConfiguration `name` for Pod CREATE in the
-    /// one namespace `namespace` (so parallel tests never see each other's webhooks), with
+    /// Registers `webhook` as a MutatingWebhookConfiguration `name` as shipped (see
+    /// [`Cluster::register_webhook_selecting`]), restricted to the one namespace
+    /// `namespace` (so parallel tests never see each other's webhooks), with
     /// `failurePolicy: Fail` so a broken webhook fails the test instead of being skipped.
-    /// Like the shipped configuration, it selects only namespaces labelled
-    /// `spotkube.io/enabled: "true"` (see [`Cluster::namespace_with`]).
+    /// The shipped selector stays: only namespaces labelled `spotkube.io/enabled: "true"`
+    /// (see [`Cluster::namespace_with`]), never a system namespace.
     pub async fn register_webhook(
         &self,
         name: &str,
@@ -284,28 +285,27 @@ impl Cluster {
         namespace: &str,
         failure_policy: FailurePolicy,
     ) -> Result<String, RigError> {
-        let selector = LabelSelector {
-            match_labels: Some(
-                [
-                    (
-                        "kubernetes.io/metadata.name".to_string(),
-                        namespace.to_string(),
-                    ),
-                    (OPT_IN_LABEL.to_string(), "true".to_string()),
-                ]
-                .into(),
-            ),
-            ..Default::default()
-        };
+        let mut selector = shipped_webhook()?.namespace_selector.unwrap_or_default();
+        selector
+            .match_labels
+            .get_or_insert_with(Default::default)
+            .insert(
+                "kubernetes.io/metadata.name".to_string(),
+                namespace.to_string(),
+            );
         let webhook_name = format!("{namespace}.pods.spotkube.io");
         self.register_webhook_selecting(name, &webhook_name, webhook, selector, failure_policy)
             .await?;
         Ok(webhook_name)
     }
 
-    /// Registers `webhook` (named `webhook_name`) for Pod CREATE in the namespaces
-    /// `namespace_selector` selects, e.g. the shipped configuration's selector. Mind
-    /// that a cluster-wide selector sends other tests' pods to this webhook too.
+    /// Registers `webhook` (named `webhook_name`) for the namespaces `namespace_selector`
+    /// selects: the webhook entry of the rendered chart
+    /// (`manifests/webhook/mutatingwebhookconfiguration.yaml`: rules, side effects,
+    /// timeout, reinvocation, match policy and conditions), with only its address (the
+    /// program's URL and the rig's CA instead of the in-cluster Service), its name, its
+    /// selector and its `failurePolicy` replaced. Mind that a cluster-wide selector sends
+    /// other tests' pods to this webhook too.
     pub async fn register_webhook_selecting(
         &self,
         name: &str,
@@ -324,25 +324,14 @@ impl Cluster {
             },
             webhooks: Some(vec![MutatingWebhook {
                 name: webhook_name.into(),
-                admission_review_versions: vec!["v1".into()],
                 client_config: WebhookClientConfig {
                     url: Some(format!("{}/mutate", webhook.url())),
                     ca_bundle: Some(ByteString(self.pki.ca.files.cert_pem.clone().into_bytes())),
                     service: None,
                 },
                 failure_policy: Some(failure_policy.as_str().into()),
-                side_effects: "None".into(),
-                timeout_seconds: Some(5),
-                reinvocation_policy: Some("IfNeeded".into()),
                 namespace_selector: Some(namespace_selector),
-                rules: Some(vec![RuleWithOperations {
-                    api_groups: Some(vec!["".into()]),
-                    api_versions: Some(vec!["v1".into()]),
-                    operations: Some(vec!["CREATE".into()]),
-                    resources: Some(vec!["pods".into()]),
-                    scope: Some("Namespaced".into()),
-                }]),
-                ..Default::default()
+                ..shipped_webhook()?
             }]),
         };
         let client = self.client().await?;
@@ -353,5 +342,28 @@ impl Cluster {
                 RigError::Kube(format!("create MutatingWebhookConfiguration {name}: {e}"))
             })?;
         Ok(())
+    }
+}
+
+/// The one webhook entry of the shipped MutatingWebhookConfiguration.
+pub fn shipped_webhook() -> Result<MutatingWebhook, RigError> {
+    const FILE: &str = "webhook/mutatingwebhookconfiguration.yaml";
+    let documents = crate::shipped::documents(FILE)?;
+    let configuration = documents
+        .iter()
+        .find(|d| {
+            d.types
+                .as_ref()
+                .is_some_and(|t| t.kind == "MutatingWebhookConfiguration")
+        })
+        .ok_or_else(|| RigError::Kube(format!("{FILE}: no MutatingWebhookConfiguration")))?;
+    let mut webhooks: Vec<MutatingWebhook> =
+        serde_json::from_value(configuration.data["webhooks"].clone())
+            .map_err(|e| RigError::Kube(format!("{FILE}: {e}")))?;
+    match webhooks.len() {
+        1 => Ok(webhooks.remove(0)),
+        n => Err(RigError::Kube(format!(
+            "{FILE}: {n} webhooks, the rig expects one"
+        ))),
     }
 }

@@ -22,9 +22,15 @@ use crate::RigError;
 use crate::cluster::Cluster;
 use crate::programs::ProgramOptions;
 
-/// `manifests/` of this repository.
+/// `manifests/` of this repository: what `charts/spotkube` renders with
+/// `charts/spotkube/ci/manifests-values.yaml` (`make manifests`; `make lint` checks it).
 pub fn manifests_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests")
+}
+
+/// The Helm chart `charts/spotkube`, the source of `manifests/`.
+pub fn chart_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/spotkube")
 }
 
 fn read(relative: &str) -> Result<String, RigError> {
@@ -34,43 +40,60 @@ fn read(relative: &str) -> Result<String, RigError> {
 
 /// Every document of a (multi-document) manifest file, as untyped objects.
 pub fn documents(relative: &str) -> Result<Vec<DynamicObject>, RigError> {
-    let text = read(relative)?;
-    serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|doc| {
-            let value = serde_yaml_ng::Value::deserialize(doc)
-                .map_err(|e| RigError::Kube(format!("{relative}: {e}")))?;
-            serde_yaml_ng::from_value(value).map_err(|e| RigError::Kube(format!("{relative}: {e}")))
-        })
-        .filter(|doc: &Result<DynamicObject, RigError>| {
-            // `---` at the end of a file yields an empty document.
-            doc.as_ref().map_or(true, |d| d.types.is_some())
-        })
-        .collect()
+    parse_documents(&read(relative)?, relative)
+}
+
+/// Every document of multi-document YAML `text` (from `origin`, for errors).
+pub fn parse_documents(text: &str, origin: &str) -> Result<Vec<DynamicObject>, RigError> {
+    let invalid = |e: serde_yaml_ng::Error| RigError::Kube(format!("{origin}: {e}"));
+    let mut objects = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(text) {
+        let value = serde_yaml_ng::Value::deserialize(doc).map_err(invalid)?;
+        // A comment-only document, or `---` at the end of a file.
+        if !value.is_null() {
+            objects.push(serde_yaml_ng::from_value(value).map_err(invalid)?);
+        }
+    }
+    Ok(objects)
 }
 
 /// Server-side applies every object of a manifest file (idempotent, so tests may apply
 /// the same file twice).
 pub async fn apply(client: &kube::Client, relative: &str) -> Result<(), RigError> {
     for object in documents(relative)? {
-        let types = object.types.clone().expect("filtered on types");
-        let (group, version) = match types.api_version.split_once('/') {
-            Some((group, version)) => (group, version),
-            None => ("", types.api_version.as_str()),
-        };
-        let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &types.kind));
-        let name = object.metadata.name.clone().unwrap_or_default();
-        let api: Api<DynamicObject> = match &object.metadata.namespace {
-            Some(namespace) => Api::namespaced_with(client.clone(), namespace, &resource),
-            None => Api::all_with(client.clone(), &resource),
-        };
-        api.patch(
-            &name,
-            &PatchParams::apply("spotkube-rig").force(),
-            &Patch::Apply(&object),
-        )
-        .await
-        .map_err(|e| RigError::Kube(format!("apply {relative} {}/{name}: {e}", types.kind)))?;
+        apply_object(client, &object, false)
+            .await
+            .map_err(|e| RigError::Kube(format!("apply {relative}: {e}")))?;
     }
+    Ok(())
+}
+
+/// Server-side applies one object; with `dry_run`, the API server validates and admits
+/// it (schema, defaulting, admission) without storing it.
+pub async fn apply_object(
+    client: &kube::Client,
+    object: &DynamicObject,
+    dry_run: bool,
+) -> Result<(), RigError> {
+    let types = object
+        .types
+        .clone()
+        .ok_or_else(|| RigError::Kube("an object without apiVersion/kind".into()))?;
+    let (group, version) = match types.api_version.split_once('/') {
+        Some((group, version)) => (group, version),
+        None => ("", types.api_version.as_str()),
+    };
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &types.kind));
+    let name = object.metadata.name.clone().unwrap_or_default();
+    let api: Api<DynamicObject> = match &object.metadata.namespace {
+        Some(namespace) => Api::namespaced_with(client.clone(), namespace, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    };
+    let mut params = PatchParams::apply("spotkube-rig").force();
+    params.dry_run = dry_run;
+    api.patch(&name, &params, &Patch::Apply(object))
+        .await
+        .map_err(|e| RigError::Kube(format!("{} {name}: {e}", types.kind)))?;
     Ok(())
 }
 

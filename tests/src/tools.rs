@@ -70,6 +70,20 @@ impl Tools {
     }
 }
 
+/// The helm binary `install-tools.sh helm` builds.
+pub fn helm() -> PathBuf {
+    dir("SPOTKUBE_HELM_BIN", "helm-v3.22.0").join("helm")
+}
+
+/// The directory of the CRDs `install-tools.sh crds` fetches (cert-manager's Issuer and
+/// Certificate, the Prometheus Operator's ServiceMonitor).
+pub fn crds_dir() -> PathBuf {
+    dir(
+        "SPOTKUBE_CRDS",
+        "crds-cert-manager-v1.21.2-prometheus-operator-v0.85.0",
+    )
+}
+
 /// `$CARGO_TARGET_DIR/debug/<name>` (default `<workspace>/target/debug/<name>`).
 pub fn program_binary(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")

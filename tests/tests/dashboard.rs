@@ -1,6 +1,7 @@
-//! The Grafana dashboard `manifests/monitoring/grafana-dashboard.json` (issue 10): it
+//! The Grafana dashboard `charts/spotkube/dashboards/spotkube.json` (issue 10): it
 //! parses, every panel queries the `${datasource}` Prometheus variable with non-empty
-//! PromQL, it ships as an optional kustomize component, and every metric name it uses is
+//! PromQL, it ships as an optional ConfigMap (chart value `monitoring.dashboard.enabled`,
+//! rendered into `manifests/monitoring/`), and every metric name it uses is
 //! exported by the programs, checked against a real scrape of the webhook, the extender
 //! (one over HTTPS, so its certificate metrics exist) and the controller
 //! (`--publish-ranking`, ranking source `aws` on moto, so the `spotkube_ranking_*` metrics
@@ -19,7 +20,7 @@ use spotkube_rig::{Cluster, FakeNode, Program, TestNamespace, shipped, wait_for}
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-const DASHBOARD: &str = "monitoring/grafana-dashboard.json";
+const DASHBOARD: &str = "dashboards/spotkube.json";
 const DATASOURCE: &str = "${datasource}";
 const ROWS: [&str; 8] = [
     "Interruptions",
@@ -33,7 +34,7 @@ const ROWS: [&str; 8] = [
 ];
 
 fn dashboard() -> Value {
-    let path = shipped::manifests_dir().join(DASHBOARD);
+    let path = shipped::chart_dir().join(DASHBOARD);
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
@@ -243,30 +244,29 @@ fn the_dashboard_parses_and_every_panel_queries_prometheus() {
 }
 
 #[test]
-fn the_dashboard_ships_as_an_optional_kustomize_component() {
+fn the_dashboard_ships_as_an_optional_configmap_for_grafanas_sidecar() {
     let read = |relative: &str| {
         let path = shipped::manifests_dir().join(relative);
         let text = std::fs::read_to_string(&path).unwrap();
         serde_yaml_ng::from_str::<Value>(&text).unwrap()
     };
+    let configmap = read("monitoring/grafana-dashboard.yaml");
+    assert_eq!(configmap["kind"], "ConfigMap");
+    assert_eq!(configmap["metadata"]["labels"]["grafana_dashboard"], "1");
+    let embedded: Value =
+        serde_json::from_str(configmap["data"]["spotkube.json"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        embedded,
+        dashboard(),
+        "the ConfigMap carries the chart's dashboard"
+    );
+
     let component = read("monitoring/kustomization.yaml");
-    assert_eq!(component["kind"], "Component");
-    let generators = component["configMapGenerator"].as_array().unwrap();
-    let generator = generators
-        .iter()
-        .find(|g| {
-            g["files"]
-                .as_array()
-                .is_some_and(|f| f.iter().any(|f| f == "grafana-dashboard.json"))
-        })
-        .expect("a ConfigMap generated from grafana-dashboard.json");
-    assert_eq!(generator["options"]["labels"]["grafana_dashboard"], "1");
-    assert_eq!(generator["options"]["disableNameSuffixHash"], true);
+    let resources = component["resources"].as_array().unwrap();
+    assert!(resources.iter().any(|r| r == "grafana-dashboard.yaml"));
     // The ServiceMonitor needs the Prometheus Operator's CRDs: never applied by default.
     assert!(
-        !component["resources"]
-            .as_array()
-            .is_some_and(|r| r.iter().any(|r| r == "servicemonitor.yaml")),
+        !resources.iter().any(|r| r == "servicemonitor.yaml"),
         "servicemonitor.yaml stays opt-in"
     );
 

@@ -106,7 +106,7 @@ async fn scenario(cluster: &Cluster, test: &TestNamespace) -> anyhow::Result<()>
             Duration::from_secs(30),
         )
         .await?;
-    let mut config = ExtenderConfig::spotkube(extender.url());
+    let mut config = ExtenderConfig::shipped(extender.url());
     config.weight = 5;
     let _scheduler = cluster.start_scheduler(SCHEDULER, &[config]).await?;
 
@@ -283,7 +283,7 @@ async fn full_object_scenario(cluster: &Cluster, test: &TestNamespace) -> anyhow
             Duration::from_secs(30),
         )
         .await?;
-    let mut config = ExtenderConfig::spotkube(extender.url());
+    let mut config = ExtenderConfig::shipped(extender.url());
     config.weight = 5;
     config.node_cache_capable = false;
     let _scheduler = cluster.start_scheduler(FULL_SCHEDULER, &[config]).await?;
@@ -413,7 +413,7 @@ async fn tls_scenario(cluster: &Cluster, test: &TestNamespace) -> anyhow::Result
         "certificate metrics exported:\n{metrics}"
     );
 
-    let mut config = ExtenderConfig::spotkube(extender.url());
+    let mut config = ExtenderConfig::shipped(extender.url());
     config.ca_file = Some(cluster.pki.ca.files.cert.clone());
     config.ignorable = false;
     let _scheduler = cluster.start_scheduler(TLS_SCHEDULER, &[config]).await?;

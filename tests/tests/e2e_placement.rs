@@ -61,7 +61,7 @@ async fn on_demand_without_extender(cluster: &Cluster, test: &TestNamespace) -> 
     // spotkube's scheduler profile as shipped (extender ignorable), then the extender gone.
     let mut extender = cluster.start_extender(ProgramOptions::default()).await?;
     let scheduler_name = format!("spotkube-{}", test.name);
-    let mut extender_config = ExtenderConfig::spotkube(extender.url());
+    let mut extender_config = ExtenderConfig::shipped(extender.url());
     extender_config.ignorable = true;
     let _scheduler = cluster
         .start_scheduler(&scheduler_name, &[extender_config])

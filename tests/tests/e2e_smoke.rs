@@ -46,7 +46,7 @@ async fn smoke(cluster: &Cluster, test: &TestNamespace) -> anyhow::Result<()> {
     // extender fails, scheduling fails and so does this test).
     let extender = cluster.start_extender(ProgramOptions::default()).await?;
     let scheduler_name = format!("spotkube-{}", test.name);
-    let mut extender_config = ExtenderConfig::spotkube(extender.url());
+    let mut extender_config = ExtenderConfig::shipped(extender.url());
     extender_config.ignorable = false;
     let _scheduler = cluster
         .start_scheduler(&scheduler_name, &[extender_config])

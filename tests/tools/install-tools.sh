@@ -4,6 +4,9 @@
 #   ~/.cache/spotkube/etcd-<version>/     etcd
 #   ~/.cache/spotkube/kwok-<version>/     kwok
 #   ~/.cache/spotkube/moto-<version>/     a Python venv with moto[server]
+#   ~/.cache/spotkube/helm-<version>/     helm (renders and lints charts/spotkube)
+#   ~/.cache/spotkube/crds-<versions>/    cert-manager's and the Prometheus Operator's CRDs,
+#                                         for the server-side dry-run of the chart's objects
 # A warm machine skips every step. Prints the directories as KEY=path lines on stdout.
 set -euo pipefail
 
@@ -11,8 +14,12 @@ K8S_VERSION="${SPOTKUBE_K8S_VERSION:-v1.36.3}"
 ETCD_VERSION="${SPOTKUBE_ETCD_VERSION:-v3.6.16}"
 KWOK_VERSION="${SPOTKUBE_KWOK_VERSION:-v0.8.0}"
 MOTO_VERSION="${SPOTKUBE_MOTO_VERSION:-5.2.1}"
+HELM_VERSION="${SPOTKUBE_HELM_VERSION:-v3.22.0}"
+CERT_MANAGER_VERSION="${SPOTKUBE_CERT_MANAGER_VERSION:-v1.21.2}"
+PROMETHEUS_OPERATOR_VERSION="${SPOTKUBE_PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
 CACHE="${SPOTKUBE_CACHE:-$HOME/.cache/spotkube}"
 mkdir -p "$CACHE"
+CRDS_DIR="$CACHE/crds-cert-manager-$CERT_MANAGER_VERSION-prometheus-operator-$PROMETHEUS_OPERATOR_VERSION"
 log() { echo "[install-tools] $*" >&2; }
 
 go_env() {
@@ -84,6 +91,31 @@ build_kwok() {
   GOBIN="$dir" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
 }
 
+build_helm() {
+  local dir="$CACHE/helm-$HELM_VERSION"
+  if [ -x "$dir/helm" ]; then return; fi
+  go_env
+  log "building helm $HELM_VERSION"
+  GOBIN="$dir" go install -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+}
+
+# The CRDs of the optional objects the chart renders (cert-manager's Issuer and
+# Certificate, the Prometheus Operator's ServiceMonitor), as their projects publish them,
+# taken from the Go module proxy like the other tools.
+fetch_crds() {
+  if [ -f "$CRDS_DIR/monitoring.coreos.com_servicemonitors.yaml" ]; then return; fi
+  go_env
+  log "fetching cert-manager $CERT_MANAGER_VERSION and prometheus-operator $PROMETHEUS_OPERATOR_VERSION CRDs"
+  local cm po
+  cm=$(cd "$CACHE" && go mod download -json "github.com/cert-manager/cert-manager@$CERT_MANAGER_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  po=$(cd "$CACHE" && go mod download -json "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  mkdir -p "$CRDS_DIR.tmp"
+  cp "$cm/deploy/crds/cert-manager.io_issuers.yaml" "$cm/deploy/crds/cert-manager.io_certificates.yaml" "$CRDS_DIR.tmp/"
+  cp "$po/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml" "$CRDS_DIR.tmp/"
+  rm -rf "$CRDS_DIR" && mv "$CRDS_DIR.tmp" "$CRDS_DIR"
+}
+
 install_moto() {
   local dir="$CACHE/moto-$MOTO_VERSION"
   if [ -x "$dir/bin/python" ] && "$dir/bin/python" -c 'import moto.server, jsonpath_ng' 2>/dev/null; then return; fi
@@ -94,11 +126,14 @@ install_moto() {
 
 what="${1:-all}"
 case "$what" in
-  all) install_moto; build_etcd; build_kwok; build_k8s ;;
-  k8s) build_k8s ;; etcd) build_etcd ;; kwok) build_kwok ;; moto) install_moto ;;
-  *) echo "usage: $0 [all|k8s|etcd|kwok|moto]" >&2; exit 2 ;;
+  all) install_moto; build_etcd; build_kwok; build_k8s; build_helm; fetch_crds ;;
+  k8s) build_k8s ;; etcd) build_etcd ;; kwok) build_kwok ;; moto) install_moto ;; helm) build_helm ;;
+  crds) fetch_crds ;;
+  *) echo "usage: $0 [all|k8s|etcd|kwok|moto|helm|crds]" >&2; exit 2 ;;
 esac
 echo "SPOTKUBE_K8S_BIN=$CACHE/k8s-$K8S_VERSION"
 echo "SPOTKUBE_ETCD_BIN=$CACHE/etcd-$ETCD_VERSION"
 echo "SPOTKUBE_KWOK_BIN=$CACHE/kwok-$KWOK_VERSION"
 echo "SPOTKUBE_MOTO_VENV=$CACHE/moto-$MOTO_VERSION"
+echo "SPOTKUBE_HELM_BIN=$CACHE/helm-$HELM_VERSION"
+echo "SPOTKUBE_CRDS=$CRDS_DIR"

@@ -158,7 +158,7 @@ async fn run() -> anyhow::Result<()> {
         )
         .await?;
     let _scheduler = cluster
-        .start_scheduler(SCHEDULER, &[ExtenderConfig::spotkube(extender.url())])
+        .start_scheduler(SCHEDULER, &[ExtenderConfig::shipped(extender.url())])
         .await?;
 
     step("Starting spotkube-webhook (TLS) and registering it with the apiserver");
