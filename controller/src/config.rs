@@ -1,4 +1,4 @@
-//! The controller's command line: `run` (the default), `state` and `rank`. Every flag
+//! The controller's command line: `run` (the default), `state`, `rank` and `savings`. Every flag
 //! has an environment twin (`SPOTKUBE_…`), for manifests and Helm values.
 
 use std::net::SocketAddr;
@@ -45,6 +45,8 @@ pub enum Command {
     State(cli::state::StateArgs),
     /// Print the spot price ranking per AZ (table or the ranking JSON).
     Rank(cli::rank::RankArgs),
+    /// Print what opted-in workloads cost now and on on-demand (table or JSON).
+    Savings(cli::savings::SavingsArgs),
 }
 
 #[derive(Args, Clone)]
@@ -55,6 +57,9 @@ pub struct RunArgs {
     /// Publish the price ranking ConfigMap (leader only), from `--source`.
     #[arg(long, env = "SPOTKUBE_PUBLISH_RANKING")]
     pub publish_ranking: bool,
+    /// `namespace/name` of the ranking ConfigMap (the extender's `--ranking-configmap`).
+    #[arg(long, env = "SPOTKUBE_RANKING_CONFIGMAP", default_value = spotkube_shared::config::DEFAULT_RANKING_CONFIGMAP, value_parser = spotkube_shared::config::object_ref)]
+    pub ranking_configmap: (String, String),
     /// How often to refresh the ranking (default 10m).
     #[arg(long, env = "SPOTKUBE_RANKING_INTERVAL", value_parser = spotkube_shared::config::positive_duration)]
     pub ranking_interval: Option<Duration>,
@@ -126,4 +131,14 @@ pub struct RunArgs {
     /// The cluster's name in notifications.
     #[arg(long, env = "SPOTKUBE_CLUSTER_NAME")]
     pub cluster_name: Option<String>,
+    /// How often the leader computes the savings metrics (from its watch caches).
+    #[arg(long, env = "SPOTKUBE_SAVINGS_INTERVAL", default_value = "60s", value_parser = spotkube_shared::config::positive_duration)]
+    pub savings_interval: Duration,
+    /// How many workloads get savings series of their own (the most expensive on
+    /// on-demand); the rest are summed into `workload="(other)"`.
+    #[arg(long, env = "SPOTKUBE_SAVINGS_MAX_WORKLOADS", default_value_t = 100)]
+    pub savings_max_workloads: usize,
+    /// Fargate's prices for the savings.
+    #[command(flatten)]
+    pub fargate: cli::savings::FargateArgs,
 }

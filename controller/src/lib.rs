@@ -6,7 +6,8 @@
 //! - [`view`]: the Node and the pods on it, read into the views decisions work on.
 //! - [`decide`]: pure decisions, views in, [`decide::Action`]s out.
 //! - [`act`]: carries actions out against the API (Events, metrics, spans).
-//! - [`reconcile`]: the leader's periodic loops (drain, scale-back, ranking).
+//! - [`reconcile`]: the leader's periodic loops (drain, scale-back, ranking, savings).
+//! - [`savings`]: what opted-in workloads cost now and on on-demand (pure).
 //! - [`run`] wires the process; [`supervisor`] owns the tasks of a leadership term;
 //!   [`cli`] holds the operator commands; [`config`] every flag.
 
@@ -27,6 +28,7 @@ pub mod origin;
 pub mod pricing;
 pub mod reconcile;
 pub mod run;
+pub mod savings;
 pub mod supervisor;
 pub mod surging;
 pub mod ttl_cache;

@@ -16,6 +16,7 @@ fn main() -> anyhow::Result<()> {
         }
         (Some(Command::State(args)), _) => runtime.block_on(cli::state::main(args)),
         (Some(Command::Rank(args)), _) => runtime.block_on(cli::rank::run(args)),
+        (Some(Command::Savings(args)), _) => runtime.block_on(cli::savings::run(args)),
         (None, None) => anyhow::bail!("missing --queue-url (see --help)"),
     };
     Ok(done?)

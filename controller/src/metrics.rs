@@ -6,7 +6,15 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use std::collections::BTreeSet;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use crate::savings::compute::Report;
+
 type Labels = Vec<(&'static str, String)>;
+/// A gauge of dollars or ratios.
+type FloatGauge = Gauge<f64, AtomicU64>;
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -30,6 +38,8 @@ pub struct Metrics {
     pub namespace_label_writes: Family<Labels, Counter>,
     /// Notifications by sink and outcome (sent, failed, duplicate, rate_limited, dropped).
     pub notifications: Family<Labels, Counter>,
+    /// Realised spot savings (the leader's savings loop).
+    pub savings: SavingsMetrics,
 }
 
 impl Metrics {
@@ -45,6 +55,7 @@ impl Metrics {
             unscheduled_pods: Gauge::default(),
             namespace_label_writes: Family::default(),
             notifications: Family::default(),
+            savings: SavingsMetrics::register(registry),
         };
         let registry = registry.sub_registry_with_prefix("spotkube_controller");
         registry.register(
@@ -161,5 +172,305 @@ impl Metrics {
                 ("outcome", outcome.to_string()),
             ])
             .inc();
+    }
+}
+
+/// The workload label of the series that sums the workloads beyond
+/// `--savings-max-workloads` (its namespace label is the same).
+pub const OTHER_WORKLOADS: &str = "(other)";
+
+/// What opted-in workloads cost, exported by the leader's savings loop (a standby
+/// exports none). Every figure is in US$ per hour; see README "Savings".
+///
+/// - `spotkube_workload_cost_usd_per_hour{namespace,workload,capacity}`: what a
+///   workload's pods cost now, by capacity (`spot`, `on-demand`, `fargate`).
+/// - `spotkube_workload_on_demand_equivalent_usd_per_hour{namespace,workload}`: what the
+///   same pods would cost on on-demand capacity of the same instance types.
+/// - `spotkube_cluster_cost_usd_per_hour{capacity}`,
+///   `spotkube_cluster_on_demand_equivalent_usd_per_hour`: the sums over every opted-in
+///   workload (beyond the cap too).
+/// - `spotkube_opted_in_pods{placement}`: opted-in pods spotkube places (not DaemonSet or
+///   static pods) by placement: `spot-rank-<r>`, `spot-unranked`, `on-demand`,
+///   `fargate`, `unknown`.
+/// - `spotkube_opted_in_pods_on_top_ranked_ratio`: the share of those on a rank-1 spot
+///   type of their AZ: the outcome the ranking and the extender exist for.
+/// - `spotkube_opted_in_pods_unpriced`: opted-in pods left out of every dollar figure
+///   (their node's price or on-demand equivalent is unknown).
+/// - `spotkube_savings_workloads_folded`: workloads beyond the cap, summed into the
+///   `workload="(other)"` series.
+/// - `spotkube_savings_last_computed_timestamp_seconds`: when the figures were computed.
+#[derive(Clone)]
+pub struct SavingsMetrics {
+    pub workload_cost: Family<Labels, FloatGauge>,
+    pub workload_on_demand: Family<Labels, FloatGauge>,
+    pub cluster_cost: Family<Labels, FloatGauge>,
+    pub cluster_on_demand: FloatGauge,
+    pub placed_pods: Family<Labels, Gauge>,
+    pub on_top_ranked_ratio: FloatGauge,
+    pub unpriced_pods: Gauge,
+    pub folded: Gauge,
+    pub last_computed: Gauge,
+    /// The label sets set last time, per family: those gone now are removed.
+    previous: Arc<Mutex<[BTreeSet<Labels>; 4]>>,
+}
+
+impl SavingsMetrics {
+    fn register(registry: &mut Registry) -> SavingsMetrics {
+        let m = SavingsMetrics {
+            workload_cost: Family::default(),
+            workload_on_demand: Family::default(),
+            cluster_cost: Family::default(),
+            cluster_on_demand: FloatGauge::default(),
+            placed_pods: Family::default(),
+            on_top_ranked_ratio: FloatGauge::default(),
+            unpriced_pods: Gauge::default(),
+            folded: Gauge::default(),
+            last_computed: Gauge::default(),
+            previous: Arc::default(),
+        };
+        let r = registry.sub_registry_with_prefix("spotkube");
+        r.register(
+            "workload_cost_usd_per_hour",
+            "What an opted-in workload's pods cost now, US$ per hour, by capacity (their CPU-request share of each node's price; Fargate by requests)",
+            m.workload_cost.clone(),
+        );
+        r.register(
+            "workload_on_demand_equivalent_usd_per_hour",
+            "What the same pods would cost on on-demand capacity of the same instance types, US$ per hour",
+            m.workload_on_demand.clone(),
+        );
+        r.register(
+            "cluster_cost_usd_per_hour",
+            "What every opted-in workload costs now, US$ per hour, by capacity",
+            m.cluster_cost.clone(),
+        );
+        r.register(
+            "cluster_on_demand_equivalent_usd_per_hour",
+            "What every opted-in workload would cost on on-demand capacity, US$ per hour",
+            m.cluster_on_demand.clone(),
+        );
+        r.register(
+            "opted_in_pods",
+            "Opted-in pods spotkube places, by placement (spot-rank-<r>, spot-unranked, on-demand, fargate, unknown)",
+            m.placed_pods.clone(),
+        );
+        r.register(
+            "opted_in_pods_on_top_ranked_ratio",
+            "Share of the opted-in pods spotkube places that run on a rank-1 spot type of their AZ",
+            m.on_top_ranked_ratio.clone(),
+        );
+        r.register(
+            "opted_in_pods_unpriced",
+            "Opted-in pods left out of the cost figures: their price or on-demand equivalent is unknown",
+            m.unpriced_pods.clone(),
+        );
+        r.register(
+            "savings_workloads_folded",
+            "Workloads beyond --savings-max-workloads, summed into the workload=\"(other)\" series",
+            m.folded.clone(),
+        );
+        r.register(
+            "savings_last_computed_timestamp_seconds",
+            "Unix time the savings figures were last computed",
+            m.last_computed.clone(),
+        );
+        m
+    }
+
+    /// Exports `report`: the `max_workloads` workloads with the largest on-demand
+    /// equivalent get their own series, the rest are summed into `(other)`. Series of
+    /// workloads gone since the last call are removed.
+    pub fn publish(&self, report: &Report, max_workloads: usize, now: jiff::Timestamp) {
+        let mut rows: Vec<_> = report.workloads.iter().collect();
+        rows.sort_by(|a, b| {
+            b.on_demand_equivalent_usd_per_hour
+                .total_cmp(&a.on_demand_equivalent_usd_per_hour)
+                .then_with(|| (&a.namespace, &a.workload).cmp(&(&b.namespace, &b.workload)))
+        });
+        let folded = rows.split_off(rows.len().min(max_workloads));
+        let mut cost: Vec<(Labels, f64)> = Vec::new();
+        let mut on_demand: Vec<(Labels, f64)> = Vec::new();
+        let workload =
+            |ns: &str, w: &str| vec![("namespace", ns.to_string()), ("workload", w.to_string())];
+        for row in &rows {
+            for (capacity, usd) in &row.cost_usd_per_hour {
+                let mut labels = workload(&row.namespace, &row.workload);
+                labels.push(("capacity", capacity.clone()));
+                cost.push((labels, *usd));
+            }
+            on_demand.push((
+                workload(&row.namespace, &row.workload),
+                row.on_demand_equivalent_usd_per_hour,
+            ));
+        }
+        if !folded.is_empty() {
+            let mut by_capacity = std::collections::BTreeMap::<&str, f64>::new();
+            for row in &folded {
+                for (capacity, usd) in &row.cost_usd_per_hour {
+                    *by_capacity.entry(capacity).or_default() += usd;
+                }
+            }
+            for (capacity, usd) in by_capacity {
+                let mut labels = workload(OTHER_WORKLOADS, OTHER_WORKLOADS);
+                labels.push(("capacity", capacity.to_string()));
+                cost.push((labels, usd));
+            }
+            on_demand.push((
+                workload(OTHER_WORKLOADS, OTHER_WORKLOADS),
+                folded
+                    .iter()
+                    .map(|r| r.on_demand_equivalent_usd_per_hour)
+                    .sum(),
+            ));
+        }
+        let totals = &report.totals;
+        let cluster: Vec<(Labels, f64)> = totals
+            .cost_usd_per_hour
+            .iter()
+            .map(|(capacity, usd)| (vec![("capacity", capacity.clone())], *usd))
+            .collect();
+        let placed: Vec<(Labels, f64)> = totals
+            .placeable_pods
+            .iter()
+            .map(|(placement, pods)| (vec![("placement", placement.clone())], f64::from(*pods)))
+            .collect();
+        let mut previous = self.previous.lock().expect("savings metrics lock");
+        set_all(&self.workload_cost, cost, &mut previous[0]);
+        set_all(&self.workload_on_demand, on_demand, &mut previous[1]);
+        set_all(&self.cluster_cost, cluster, &mut previous[2]);
+        let mut placed_now = BTreeSet::new();
+        for (labels, pods) in placed {
+            self.placed_pods.get_or_create(&labels).set(pods as i64);
+            placed_now.insert(labels);
+        }
+        for gone in previous[3].difference(&placed_now) {
+            self.placed_pods.remove(gone);
+        }
+        previous[3] = placed_now;
+        self.cluster_on_demand
+            .set(totals.on_demand_equivalent_usd_per_hour);
+        self.on_top_ranked_ratio
+            .set(totals.on_top_ranked_ratio.unwrap_or(0.0));
+        self.unpriced_pods.set(i64::from(totals.pods_unpriced));
+        self.folded.set(folded.len() as i64);
+        self.last_computed.set(now.as_second());
+    }
+
+    /// Removes every figure: a former leader no longer knows them.
+    pub fn clear(&self) {
+        let mut previous = self.previous.lock().expect("savings metrics lock");
+        self.workload_cost.clear();
+        self.workload_on_demand.clear();
+        self.cluster_cost.clear();
+        self.placed_pods.clear();
+        *previous = Default::default();
+        self.cluster_on_demand.set(0.0);
+        self.on_top_ranked_ratio.set(0.0);
+        self.unpriced_pods.set(0);
+        self.folded.set(0);
+        self.last_computed.set(0);
+    }
+}
+
+/// Sets each series to its value, then removes the series set before but not now.
+fn set_all(
+    family: &Family<Labels, FloatGauge>,
+    values: Vec<(Labels, f64)>,
+    previous: &mut BTreeSet<Labels>,
+) {
+    let mut now = BTreeSet::new();
+    for (labels, value) in values {
+        family.get_or_create(&labels).set(value);
+        now.insert(labels);
+    }
+    for gone in previous.difference(&now) {
+        family.remove(gone);
+    }
+    *previous = now;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::savings::compute::{Totals, WorkloadRow};
+    use std::collections::BTreeMap;
+
+    fn row(ns: &str, workload: &str, spot: f64, on_demand: f64) -> WorkloadRow {
+        WorkloadRow {
+            namespace: ns.into(),
+            workload: workload.into(),
+            pods: 1,
+            pods_unpriced: 0,
+            placement: vec![],
+            cost_usd_per_hour: BTreeMap::from([("spot".into(), spot)]),
+            total_usd_per_hour: spot,
+            on_demand_equivalent_usd_per_hour: on_demand,
+            savings_percent: None,
+        }
+    }
+
+    fn scrape(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn savings_are_capped_folded_and_forgotten_when_gone() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let report = Report {
+            workloads: vec![
+                row("a", "deployment/small", 0.01, 0.02),
+                row("a", "deployment/big", 0.1, 0.4),
+                row("b", "statefulset/mid", 0.05, 0.1),
+            ],
+            totals: Totals {
+                cost_usd_per_hour: BTreeMap::from([("spot".into(), 0.16)]),
+                on_demand_equivalent_usd_per_hour: 0.52,
+                placeable_pods: BTreeMap::from([("spot-rank-1".into(), 3)]),
+                on_top_ranked_ratio: Some(1.0),
+                ..Totals::default()
+            },
+        };
+        metrics
+            .savings
+            .publish(&report, 2, jiff::Timestamp::from_second(1000).unwrap());
+        let text = scrape(&registry);
+        for line in [
+            r#"spotkube_workload_cost_usd_per_hour{namespace="a",workload="deployment/big",capacity="spot"} 0.1"#,
+            r#"spotkube_workload_on_demand_equivalent_usd_per_hour{namespace="b",workload="statefulset/mid"} 0.1"#,
+            r#"spotkube_workload_cost_usd_per_hour{namespace="(other)",workload="(other)",capacity="spot"} 0.01"#,
+            r#"spotkube_workload_on_demand_equivalent_usd_per_hour{namespace="(other)",workload="(other)"} 0.02"#,
+            r#"spotkube_cluster_cost_usd_per_hour{capacity="spot"} 0.16"#,
+            "spotkube_cluster_on_demand_equivalent_usd_per_hour 0.52",
+            r#"spotkube_opted_in_pods{placement="spot-rank-1"} 3"#,
+            "spotkube_opted_in_pods_on_top_ranked_ratio 1.0",
+            "spotkube_savings_workloads_folded 1",
+            "spotkube_savings_last_computed_timestamp_seconds 1000",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        assert!(!text.contains("deployment/small"), "folded: {text}");
+
+        // `big` is gone: its series go, nothing is folded any more.
+        let mut later = report.clone();
+        later.workloads.remove(1);
+        later.totals.placeable_pods.clear();
+        metrics
+            .savings
+            .publish(&later, 2, jiff::Timestamp::from_second(1060).unwrap());
+        let text = scrape(&registry);
+        assert!(!text.contains("deployment/big"), "{text}");
+        assert!(!text.contains(r#"namespace="(other)""#), "{text}");
+        assert!(!text.contains("spotkube_opted_in_pods{"), "{text}");
+        assert!(text.contains(r#"workload="deployment/small""#), "{text}");
+
+        metrics.savings.clear();
+        let text = scrape(&registry);
+        assert!(
+            !text.contains("spotkube_workload_cost_usd_per_hour{"),
+            "{text}"
+        );
     }
 }

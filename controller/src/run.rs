@@ -24,9 +24,10 @@ use crate::metrics::Metrics;
 use crate::nodes_index::NodesIndex;
 use crate::notify;
 use crate::origin::Origin;
-use crate::pricing::AnySource;
 use crate::pricing::refresher::{self, RefreshMetrics, Target};
-use crate::reconcile::{self, unscheduled};
+use crate::pricing::{AnySource, LatestBook};
+use crate::reconcile::{self, savings, unscheduled};
+use crate::savings::prices::PriceFeed;
 use crate::supervisor::Term;
 
 /// Runs until SIGTERM / Ctrl-C, then stops the leader's work and releases the Lease.
@@ -54,9 +55,25 @@ pub async fn run(args: RunArgs, admin_listen: SocketAddr) -> Result<()> {
             source: Arc::new(args.ranking.source(&mut registry).await?),
             criteria: args.ranking.criteria(),
             interval: args.ranking_interval.unwrap_or(refresher::DEFAULT_INTERVAL),
+            target: Target::from(args.ranking_configmap.clone()),
             metrics: RefreshMetrics::register(&mut registry),
         }),
         false => None,
+    };
+    // The ranking refresh gathers prices; the savings loop reads them from here.
+    let latest = LatestBook::default();
+    let fallback_on_demand = crate::cli::savings::fallback_on_demand(
+        &crate::pricing::snapshot::SnapshotLocation::from_flag(args.ranking.snapshot.clone()),
+        args.ranking.region.as_deref(),
+    )?;
+    let savings = SavingsJob {
+        settings: savings::Settings {
+            every: args.savings_interval,
+            max_workloads: args.savings_max_workloads,
+        },
+        source: ranking.as_ref().map(|job| job.source.clone()),
+        fallback_on_demand,
+        fargate: args.fargate.rates(),
     };
     let readiness = Readiness::default();
     let nodes_synced = readiness.gate("nodes index");
@@ -93,6 +110,8 @@ pub async fn run(args: RunArgs, admin_listen: SocketAddr) -> Result<()> {
         visibility_timeout: args.visibility_timeout,
         reconcile_every: args.scale_back_interval,
         ranking,
+        latest,
+        savings,
         planning: Planning {
             scheduled_change_lead: args.scheduled_change_lead,
         },
@@ -135,7 +154,18 @@ struct RankingJob {
     source: Arc<AnySource>,
     criteria: Criteria,
     interval: Duration,
+    /// The ConfigMap it is published to (`--ranking-configmap`).
+    target: Target,
     metrics: RefreshMetrics,
+}
+
+/// The savings loop's settings and price inputs (a fresh [`PriceFeed`] per term).
+#[derive(Clone)]
+struct SavingsJob {
+    settings: savings::Settings,
+    source: Option<Arc<AnySource>>,
+    fallback_on_demand: std::collections::BTreeMap<String, f64>,
+    fargate: crate::savings::compute::FargateRates,
 }
 
 /// Everything the leader needs to start a term.
@@ -147,6 +177,9 @@ struct Leader {
     visibility_timeout: Duration,
     reconcile_every: Duration,
     ranking: Option<RankingJob>,
+    /// The ranking refresh's last price book, for the savings loop.
+    latest: LatestBook,
+    savings: SavingsJob,
     origin: Origin,
     unscheduled: unscheduled::Settings,
     planning: Planning,
@@ -194,6 +227,21 @@ impl Leader {
             "namespace-labels",
             reconcile::namespace_labels::run(self.ctx.clone(), token.clone()),
         );
+        let job = self.savings;
+        term.start(
+            "savings",
+            reconcile::savings::run(
+                self.ctx.clone(),
+                job.settings,
+                PriceFeed::new(
+                    self.latest.clone(),
+                    job.source,
+                    job.fallback_on_demand,
+                    job.fargate,
+                ),
+                token.clone(),
+            ),
+        );
         if let Some(job) = self.ranking {
             // The ranking ConfigMap has one writer: the leader.
             term.start(
@@ -203,8 +251,9 @@ impl Leader {
                     job.source,
                     job.criteria,
                     job.interval,
-                    Target::default(),
+                    job.target,
                     job.metrics,
+                    self.latest,
                     token,
                 ),
             );

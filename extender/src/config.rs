@@ -32,7 +32,7 @@ pub struct Args {
     #[arg(long, env = "SPOTKUBE_TLS_RECHECK", default_value = "60s", value_parser = spotkube_shared::config::positive_duration)]
     pub tls_recheck: Duration,
     /// `namespace/name` of the ConfigMap holding `ranking.json`.
-    #[arg(long, env = "SPOTKUBE_RANKING_CONFIGMAP", default_value = "spotkube-system/spotkube-ranking", value_parser = parse_object_ref)]
+    #[arg(long, env = "SPOTKUBE_RANKING_CONFIGMAP", default_value = spotkube_shared::config::DEFAULT_RANKING_CONFIGMAP, value_parser = spotkube_shared::config::object_ref)]
     pub ranking_configmap: (String, String),
     /// An extra node label carrying the capacity type (checked before Karpenter's and EKS's).
     #[arg(long, env = "SPOTKUBE_CAPACITY_TYPE_LABEL")]
@@ -55,15 +55,6 @@ impl Args {
             max_body_bytes: self.max_body_bytes,
             max_concurrent_requests: self.max_concurrent_requests,
         }
-    }
-}
-
-fn parse_object_ref(value: &str) -> Result<(String, String), String> {
-    match value.split_once('/') {
-        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
-            Ok((ns.to_string(), name.to_string()))
-        }
-        _ => Err(format!("{value:?} is not namespace/name")),
     }
 }
 

@@ -21,6 +21,20 @@ pub fn positive_duration(value: &str) -> Result<Duration, InvalidDuration> {
     }
 }
 
+/// Parses `namespace/name` (e.g. `--ranking-configmap`), for clap's `value_parser`.
+pub fn object_ref(value: &str) -> Result<(String, String), String> {
+    match value.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_string(), name.to_string()))
+        }
+        _ => Err(format!("{value:?} is not namespace/name")),
+    }
+}
+
+/// The default of every `--ranking-configmap` flag: where the controller publishes the
+/// ranking and the extender reads it.
+pub const DEFAULT_RANKING_CONFIGMAP: &str = "spotkube-system/spotkube-ranking";
+
 #[cfg(test)]
 mod tests {
     use super::*;

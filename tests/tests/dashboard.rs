@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 
 const DASHBOARD: &str = "dashboards/spotkube.json";
 const DATASOURCE: &str = "${datasource}";
-const ROWS: [&str; 8] = [
+const ROWS: [&str; 9] = [
     "Interruptions",
     "Latency",
     "Actions & surges",
@@ -31,6 +31,7 @@ const ROWS: [&str; 8] = [
     "Ranking",
     "Notifications",
     "Certificates",
+    "Savings",
 ];
 
 fn dashboard() -> Value {
@@ -168,8 +169,8 @@ fn the_dashboard_parses_and_every_panel_queries_prometheus() {
     assert!(
         dashboard["description"]
             .as_str()
-            .is_some_and(|d| d.contains("avings")),
-        "the description says why there is no savings panel"
+            .is_some_and(|d| d.contains("Savings")),
+        "the description names the savings row"
     );
 
     let variables = dashboard["templating"]["list"].as_array().unwrap();
@@ -386,7 +387,8 @@ async fn scrape(programs: &[&Program]) -> anyhow::Result<String> {
 /// prometheus_client prints a labelled family only once it has a series, so each program
 /// is driven until every family exists: an admission, extender calls (one a bad request),
 /// and for the controller a spot interruption (events, actions, a notification), an event
-/// from another account and a Namespace to mirror the opt-in label of.
+/// from another account, a Namespace to mirror the opt-in label of, and a pod bound to an
+/// on-demand node for the savings series.
 async fn scrape_and_check(cluster: &Cluster, test: &TestNamespace) -> anyhow::Result<()> {
     let client = &test.client;
     let webhook = cluster.start_webhook(ProgramOptions::default()).await?;
@@ -421,17 +423,29 @@ async fn scrape_and_check(cluster: &Cluster, test: &TestNamespace) -> anyhow::Re
                 .arg("--publish-ranking")
                 .arg(format!("--account-id={account}"))
                 .arg(format!("--notify-webhook-url={}", ok_receiver().await?))
-                .arg("--visibility-timeout=10s"),
+                .arg("--visibility-timeout=10s")
+                .arg("--savings-interval=1s"),
         )
         .await?;
     controller
         .wait_for_metric("spotkube_controller_leader 1", Duration::from_secs(30))
         .await?;
 
-    // Webhook: one Pod admitted (and patched) in the opted-in namespace.
+    // Webhook: one Pod admitted (and patched) in the opted-in namespace, bound to an
+    // on-demand node so the savings loop prices it (snapshot on-demand prices).
+    let on_demand =
+        FakeNode::on_demand("m7g.large", "us-east-1b").with_label("spotkube.test/pool", &test.name);
+    on_demand.create(client).await?;
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": "probe"},
-        "spec": {"containers": [{"name": "pause", "image": "registry.k8s.io/pause:3.10"}]},
+        "spec": {
+            "nodeName": on_demand.name,
+            "containers": [{
+                "name": "pause",
+                "image": "registry.k8s.io/pause:3.10",
+                "resources": {"requests": {"cpu": "100m"}},
+            }],
+        },
     }))?;
     Api::<Pod>::namespaced(client.clone(), &test.name)
         .create(&PostParams::default(), &pod)
@@ -498,6 +512,10 @@ async fn scrape_and_check(cluster: &Cluster, test: &TestNamespace) -> anyhow::Re
         "spotkube_controller_notifications_total",
         "spotkube_controller_namespace_label_writes_total",
         "spotkube_ranking_spot_advisor_fallback",
+        "spotkube_workload_cost_usd_per_hour",
+        "spotkube_workload_on_demand_equivalent_usd_per_hour",
+        "spotkube_cluster_cost_usd_per_hour",
+        "spotkube_opted_in_pods",
     ];
     let (programs, driven) = (&programs, &driven);
     let exported = wait_for(

@@ -9,8 +9,8 @@ use aws_sdk_ec2::types::{InstanceType, InstanceTypeInfo as Ec2Type};
 use aws_sdk_pricing::types::{Filter as PricingFilter, FilterType};
 use spotkube_shared::ranking::{Criteria, InstanceTypeInfo, PriceBook, admits, vpc_cni_max_pods};
 
-use super::PriceSource;
 use super::advisor::SpotAdvisor;
+use super::{PriceSource, SpotPrices};
 use crate::aws::send_retrying_throttling;
 use crate::error::Error;
 
@@ -102,10 +102,7 @@ impl AwsSource {
     }
 
     /// Latest Linux/UNIX spot price per AZ and type, for `names` only.
-    async fn spot_prices(
-        &self,
-        names: &[String],
-    ) -> Result<BTreeMap<String, BTreeMap<String, f64>>, Error> {
+    async fn spot_prices_of(&self, names: &[String]) -> Result<SpotPrices, Error> {
         let mut latest: BTreeMap<(String, String), (aws_smithy_types::DateTime, f64)> =
             BTreeMap::new();
         let now = aws_smithy_types::DateTime::from(std::time::SystemTime::now());
@@ -305,7 +302,7 @@ impl PriceSource for AwsSource {
             candidates = candidates.len(),
             "instance types read"
         );
-        let spot = self.spot_prices(&candidates).await?;
+        let spot = self.spot_prices_of(&candidates).await?;
         let on_demand = self.on_demand().await?;
         Ok(PriceBook {
             region: Some(self.region.clone()),
@@ -314,6 +311,10 @@ impl PriceSource for AwsSource {
             on_demand,
             bands_fallback: bands.and_then(|b| b.fallback),
         })
+    }
+
+    async fn spot_prices(&self, types: &[String]) -> Result<SpotPrices, Error> {
+        self.spot_prices_of(types).await
     }
 }
 

@@ -16,7 +16,7 @@ use spotkube_shared::ranking::{
     CONFIGMAP_KEY, CONFIGMAP_NAME, CONFIGMAP_NAMESPACE, Criteria, Ranking, compute,
 };
 
-use super::PriceSource;
+use super::{LatestBook, PriceSource};
 use crate::error::{Error, KubeResultExt, Result};
 
 /// The default refresh interval.
@@ -82,15 +82,26 @@ impl Default for Target {
     }
 }
 
+impl From<(String, String)> for Target {
+    /// From `--ranking-configmap`'s `(namespace, name)`.
+    fn from((namespace, name): (String, String)) -> Self {
+        Target { namespace, name }
+    }
+}
+
 /// Computes a ranking and writes it when its content differs from the published one.
+/// The prices and the ranking are kept in `latest` first, whether or not the write
+/// succeeds: they are the savings loop's too.
 pub async fn refresh_once(
     client: &Client,
     target: &Target,
     source: &impl PriceSource,
     criteria: &Criteria,
+    latest: &LatestBook,
 ) -> Result<Refreshed> {
     let book = source.price_book(criteria).await?;
     let ranking = compute(&book, criteria, source.name(), jiff::Timestamp::now());
+    latest.set(book, ranking.clone());
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &target.namespace);
     let object = format!("configmap/{}/{}", target.namespace, target.name);
     let current = api

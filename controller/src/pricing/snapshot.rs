@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use spotkube_shared::ranking::{Criteria, InstanceTypeInfo, PriceBook, family};
 
-use super::PriceSource;
+use super::{PriceSource, SpotPrices};
 use crate::error::Error;
 
 /// The snapshot shipped in the binary: the offline fallback, as Karpenter embeds its
@@ -196,6 +196,37 @@ impl PriceSource for SnapshotSource {
         let snapshot = self.location.load()?;
         self.book(&snapshot)
     }
+
+    /// The snapshot's book already holds every type it knows (its region-level
+    /// estimates): this is that book's spot prices of `types`.
+    async fn spot_prices(&self, types: &[String]) -> Result<SpotPrices, Error> {
+        let book = self.book(&self.location.load()?)?;
+        Ok(book
+            .spot
+            .into_iter()
+            .map(|(zone, prices)| {
+                let prices = prices
+                    .into_iter()
+                    .filter(|(name, _)| types.contains(name))
+                    .collect();
+                (zone, prices)
+            })
+            .collect())
+    }
+}
+
+/// The snapshot's on-demand $/hour per type of `region` (empty when it has no such
+/// region): the savings' fallback when no price book was gathered yet.
+pub fn on_demand_prices(
+    location: &SnapshotLocation,
+    region: &str,
+) -> Result<BTreeMap<String, f64>, Error> {
+    let snapshot = location.load()?;
+    Ok(snapshot
+        .regions
+        .get(region)
+        .map(|r| r.on_demand_usd_per_hour.clone())
+        .unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -7,10 +7,12 @@
 //! - [`ranking`]: refresh and publish the price ranking.
 //! - [`unscheduled`]: report pods spotkube's scheduler has not picked up (it is down).
 //! - [`namespace_labels`]: mirror the opt-in annotation to the label the webhook selects.
+//! - [`savings`]: compute what opted-in workloads cost and export it as metrics.
 
 pub mod drain;
 pub mod namespace_labels;
 pub mod ranking;
+pub mod savings;
 pub mod scale_back;
 pub mod unscheduled;
 

@@ -10,9 +10,11 @@ use spotkube_shared::ranking::Criteria;
 use tokio_util::sync::CancellationToken;
 
 use crate::pricing::refresher::{RefreshMetrics, Refreshed, Target, refresh_once};
-use crate::pricing::{AnySource, PriceSource};
+use crate::pricing::{AnySource, LatestBook, PriceSource};
 
-/// Refreshes every `interval` until `cancel` fires. Run it on the leader only.
+/// Refreshes every `interval` until `cancel` fires. Run it on the leader only. Each
+/// gathered price book is kept in `latest` (for the savings loop).
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     client: Client,
     source: Arc<AnySource>,
@@ -20,6 +22,7 @@ pub async fn run(
     interval: Duration,
     target: Target,
     metrics: RefreshMetrics,
+    latest: LatestBook,
     cancel: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(interval);
@@ -30,7 +33,7 @@ pub async fn run(
             _ = tick.tick() => {}
         }
         metrics.refreshes.inc();
-        match refresh_once(&client, &target, source.as_ref(), &criteria).await {
+        match refresh_once(&client, &target, source.as_ref(), &criteria, &latest).await {
             Ok(outcome) => {
                 metrics
                     .last_success_seconds

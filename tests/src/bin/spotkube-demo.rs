@@ -6,7 +6,8 @@
 //! three-replica `api`; the webhook and the extender put them on the cheapest ranked spot
 //! nodes; then a spot interruption warning for `web`'s node goes through SQS, and the demo
 //! prints the timeline up to the old node's death with the minimum number of ready
-//! endpoints each Service had meanwhile. Exits non-zero if a Service ever went dark.
+//! endpoints each Service had meanwhile, and what the workloads cost (`spotkube-controller
+//! savings`) before and after. Exits non-zero if a Service ever went dark.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -225,6 +226,9 @@ async fn run() -> anyhow::Result<()> {
     }
     check_rank_one(&placement, &node_types, &spot, &ranking)?;
     println!("    every pod is on a rank-1 spot node of its AZ");
+
+    step("What the workloads cost now (`spotkube-controller savings --namespace demo`)");
+    print_savings(&cluster, &moto).await?;
     let victim = placement
         .iter()
         .find(|(pod, _)| pod.starts_with("web-"))
@@ -274,6 +278,9 @@ async fn run() -> anyhow::Result<()> {
         "    PDB respected: `api` left {victim} before it died and never had fewer than {API_MIN_AVAILABLE} ready endpoints"
     );
 
+    step("What the workloads cost after the interruption");
+    print_savings(&cluster, &moto).await?;
+
     step("Minimum ready endpoints per Service during the interruption (polled every 100 ms)");
     let mut dark = Vec::new();
     for (service, min) in &minimum {
@@ -286,6 +293,34 @@ async fn run() -> anyhow::Result<()> {
         dark.is_empty(),
         "Services with zero ready endpoints at some moment: {dark:?}"
     );
+    Ok(())
+}
+
+/// Prints `spotkube-controller savings` for the demo namespace: per workload, where its
+/// pods run, $/hour now, the on-demand equivalent and the savings, from moto's prices.
+async fn print_savings(cluster: &Cluster, moto: &Moto) -> anyhow::Result<()> {
+    let binary = spotkube_rig::tools::program_binary("spotkube-controller");
+    let output = tokio::process::Command::new(&binary)
+        .args(["savings", "--source=aws", "--region=us-east-1"])
+        .arg(format!("--namespace={NAMESPACE}"))
+        .arg(format!(
+            "--interruption-bands={}",
+            price_snapshot_path().display()
+        ))
+        .envs(moto.env())
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("run {}", binary.display()))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "spotkube-controller savings failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        println!("    {line}");
+    }
     Ok(())
 }
 
