@@ -141,4 +141,53 @@ pub struct RunArgs {
     /// Fargate's prices for the savings.
     #[command(flatten)]
     pub fargate: cli::savings::FargateArgs,
+    /// Which external disruption signals on Nodes count (README, "Running beside
+    /// Karpenter / NTH / Cluster Autoscaler"): comma-separated, `none` for none.
+    #[arg(
+        long,
+        env = "SPOTKUBE_EXTERNAL_SIGNALS",
+        value_delimiter = ',',
+        default_value = "nth,cluster-autoscaler,karpenter,unreachable",
+        value_parser = parse_external_signal
+    )]
+    pub external_signals: Vec<Option<crate::decide::external::Source>>,
+    /// A cordoned spot node counts as a planned drain (opt-in: people cordon for other
+    /// reasons; never on on-demand nodes).
+    #[arg(long, env = "SPOTKUBE_EXTERNAL_SIGNAL_CORDON")]
+    pub external_signal_cordon: bool,
+    /// An external signal's deadline when the Node states none (NTH's spot
+    /// interruption: 2 minutes; Karpenter's NodeClaim termination timestamp).
+    #[arg(long, env = "SPOTKUBE_EXTERNAL_SIGNAL_DEADLINE", default_value = "2m", value_parser = spotkube_shared::config::positive_duration)]
+    pub external_signal_deadline: Duration,
+    /// Only Nodes matching this label selector are watched for external signals
+    /// (e.g. `karpenter.sh/capacity-type=spot`; default: every Node).
+    #[arg(long, env = "SPOTKUBE_EXTERNAL_SIGNAL_NODE_SELECTOR")]
+    pub external_signal_node_selector: Option<String>,
+}
+
+/// One `--external-signals` value; `none` is no source.
+fn parse_external_signal(value: &str) -> Result<Option<crate::decide::external::Source>, String> {
+    use clap::ValueEnum;
+    match value.trim() {
+        "none" | "" => Ok(None),
+        other => crate::decide::external::Source::from_str(other, false)
+            .map(Some)
+            .map_err(|_| {
+                format!(
+                    "{other:?} is not one of nth, cluster-autoscaler, karpenter, unreachable, none"
+                )
+            }),
+    }
+}
+
+impl RunArgs {
+    /// The external-signal settings these flags make.
+    pub fn external_signals(&self) -> crate::decide::external::Settings {
+        crate::decide::external::Settings {
+            sources: self.external_signals.iter().flatten().copied().collect(),
+            cordon: self.external_signal_cordon,
+            default_deadline: self.external_signal_deadline,
+            capacity_label: None,
+        }
+    }
 }

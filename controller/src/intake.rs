@@ -245,6 +245,8 @@ impl Intake {
     /// Marks the Node first, from the Node alone; then reads the pods on it and
     /// protects their workloads. Both halves are attempted whatever the other did.
     async fn act_on(&self, event: &SpotEvent, node_name: &str, received: Instant) -> Result<()> {
+        // One decision at a time per Node (the external-signal watch decides too).
+        let _held = self.actor.lock_node(node_name).await;
         let ctx = &self.actor.ctx;
         let nodes: Api<Node> = Api::all(ctx.client.clone());
         let Some(node) = nodes

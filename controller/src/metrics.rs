@@ -38,6 +38,8 @@ pub struct Metrics {
     pub namespace_label_writes: Family<Labels, Counter>,
     /// Notifications by sink and outcome (sent, failed, duplicate, rate_limited, dropped).
     pub notifications: Family<Labels, Counter>,
+    /// External disruption signals seen on Nodes, by source and kind.
+    pub external_signals: Family<Labels, Counter>,
     /// Realised spot savings (the leader's savings loop).
     pub savings: SavingsMetrics,
 }
@@ -55,6 +57,7 @@ impl Metrics {
             unscheduled_pods: Gauge::default(),
             namespace_label_writes: Family::default(),
             notifications: Family::default(),
+            external_signals: Family::default(),
             savings: SavingsMetrics::register(registry),
         };
         let registry = registry.sub_registry_with_prefix("spotkube_controller");
@@ -108,7 +111,22 @@ impl Metrics {
             "Notifications by sink (slack, webhook) and outcome (sent, failed, duplicate, rate_limited, dropped)",
             metrics.notifications.clone(),
         );
+        registry.register(
+            "external_signals",
+            "External disruption signals seen on Nodes (another tool's taint, label or cordon), by source (nth, cluster-autoscaler, karpenter, unreachable, cordon) and kind (imminent, planned, rebalance)",
+            metrics.external_signals.clone(),
+        );
         metrics
+    }
+
+    /// Counts an external signal newly seen on a Node.
+    pub fn external_signal(&self, source: &str, kind: &str) {
+        self.external_signals
+            .get_or_create(&vec![
+                ("source", source.to_string()),
+                ("kind", kind.to_string()),
+            ])
+            .inc();
     }
 
     pub fn event(&self, kind: &str) {

@@ -24,6 +24,8 @@ struct Index {
     by_node: HashMap<String, String>,
     /// Nodes carrying spotkube's interruption notice (for the drain reconcile).
     marked: std::collections::BTreeSet<String>,
+    /// Every Node's name, AWS or not (a scaled surge ends once its Node is gone).
+    names: std::collections::HashSet<String>,
 }
 
 /// What the index keeps of one Node.
@@ -49,6 +51,7 @@ fn instance_of(node: &Node) -> Option<String> {
 impl Index {
     fn remove_node(&mut self, name: &str) {
         self.marked.remove(name);
+        self.names.remove(name);
         if let Some(instance) = self.by_node.remove(name) {
             self.by_instance.remove(&instance);
         }
@@ -59,6 +62,7 @@ impl Index {
             Some(instance) => self.insert(instance, entry.name.clone()),
             None => self.remove_node(&entry.name),
         }
+        self.names.insert(entry.name.clone());
         if entry.marked {
             self.marked.insert(entry.name);
         } else {
@@ -84,6 +88,12 @@ impl NodesIndex {
     pub fn marked(&self) -> Vec<String> {
         let index = self.inner.read().expect("nodes index lock");
         index.marked.iter().cloned().collect()
+    }
+
+    /// Whether Node `name` exists (as of the last watch event).
+    pub fn exists(&self, name: &str) -> bool {
+        let index = self.inner.read().expect("nodes index lock");
+        index.names.contains(name)
     }
 
     pub fn len(&self) -> usize {
@@ -200,8 +210,10 @@ mod tests {
         );
         assert_eq!(index.node_for("i-0a1b2c3d4e5f60718"), None);
         assert_eq!(index.node_for("i-0000000000000000a").as_deref(), Some("a"));
+        assert!(index.exists("a") && index.exists("kind") && index.exists("b"));
         feed(&index, [Event::Delete(node("a", None))]);
         assert_eq!(index.len(), 0);
+        assert!(!index.exists("a"));
     }
 
     #[test]

@@ -125,6 +125,10 @@ pub async fn run(args: RunArgs, admin_listen: SocketAddr) -> Result<()> {
             scheduler_name: args.scheduler_name.clone(),
             after: args.unscheduled_after,
         },
+        external: reconcile::external_signals::Settings {
+            signals: args.external_signals(),
+            node_selector: args.external_signal_node_selector.clone(),
+        },
     };
     let result = leader::run_while_leader(
         client,
@@ -182,6 +186,7 @@ struct Leader {
     savings: SavingsJob,
     origin: Origin,
     unscheduled: unscheduled::Settings,
+    external: reconcile::external_signals::Settings,
     planning: Planning,
     concurrency: usize,
     message_deadline: Duration,
@@ -215,6 +220,12 @@ impl Leader {
             "drain",
             reconcile::drain::run(actor.clone(), every, token.clone()),
         );
+        if self.external.signals.any() {
+            term.start(
+                "external-signals",
+                reconcile::external_signals::run(actor.clone(), self.external, token.clone()),
+            );
+        }
         term.start(
             "scale-back",
             reconcile::scale_back::run(actor, every, token.clone()),

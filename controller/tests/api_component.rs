@@ -33,6 +33,7 @@ fn mark() -> Action {
             deadline: Some("2026-11-20T10:17:00Z".parse::<Timestamp>().unwrap()),
             event_id: Some("e-1".into()),
             drain_from: None,
+            source: None,
         },
     }
 }

@@ -36,6 +36,9 @@ pub const MIGRATED_AT: &str = "spotkube.io/migrated-at";
 pub const REASON: &str = "spotkube.io/reason";
 pub const SURGE_FROM: &str = "spotkube.io/surge-from";
 pub const SURGE_UNTIL: &str = "spotkube.io/surge-until";
+/// The Node a scaled surge was made for: once that Node is gone, the surge ends
+/// (whatever its hold), so the workload is back to the replicas its owner asked for.
+pub const SURGE_NODE: &str = "spotkube.io/surge-node";
 pub const FAILED_RECOVERIES: &str = "spotkube.io/failed-recoveries";
 
 /// The default `surge-hold`.
@@ -196,6 +199,11 @@ pub struct InterruptionNotice {
     /// once the drain has begun, and for every other kind.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_from: Option<Timestamp>,
+    /// What told spotkube: absent for its own EventBridge events (SQS); else the tool
+    /// whose mark on the Node it read (`nth`, `cluster-autoscaler`, `karpenter`,
+    /// `unreachable`, `cordon`). A later event keeps the first signal's source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// A `spotkube.io/interruption` annotation that is not an [`InterruptionNotice`].
@@ -270,6 +278,7 @@ mod tests {
             deadline: Some("2026-11-22T10:02:00Z".parse().unwrap()),
             event_id: Some("abc".into()),
             drain_from: None,
+            source: None,
         };
         let text = notice.to_annotation();
         assert_eq!(
@@ -290,6 +299,7 @@ mod tests {
             deadline: Some(start),
             event_id: Some("c/1".into()),
             drain_from: Some(from),
+            source: None,
         };
         assert!(!planned.is_imminent());
         assert!(!planned.drain_due("2026-11-28T13:04:02Z".parse().unwrap()));

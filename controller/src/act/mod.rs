@@ -2,12 +2,13 @@
 //! Kubernetes Event; every action a metric by outcome.
 
 mod evict;
+pub mod guard;
 mod surge;
 mod taint;
 
 pub use surge::end_surge;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -29,6 +30,13 @@ pub struct Actor {
     pub tasks: Tasks,
     /// Evictions in progress (namespace, pod): the drain reconcile asks again.
     evicting: Arc<Mutex<HashSet<(String, String)>>>,
+    /// Deployments whose eviction guard this term created (namespace, name): released
+    /// once their replacement is Ready.
+    guarded: Arc<Mutex<HashSet<(String, String)>>>,
+    /// One decision at a time per Node: the SQS intake and the external-signal watch
+    /// never decide on one Node concurrently, so whichever comes second sees the
+    /// first's notice and surges nothing twice.
+    node_locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl Actor {
@@ -37,7 +45,35 @@ impl Actor {
             ctx,
             tasks,
             evicting: Arc::default(),
+            guarded: Arc::default(),
+            node_locks: Arc::default(),
         }
+    }
+
+    /// Holds Node `name` for one decide-and-act; released when the guard drops.
+    pub async fn lock_node(&self, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.node_locks.lock().expect("node locks");
+            // Forget the locks nobody holds or waits for.
+            locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+            locks.entry(name.to_string()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
+    fn guarded(&self, namespace: &str, name: &str) {
+        self.guarded
+            .lock()
+            .expect("guarded lock")
+            .insert((namespace.to_string(), name.to_string()));
+    }
+
+    /// Whether this term guarded `namespace/name` (and forgets it).
+    fn take_guard(&self, namespace: &str, name: &str) -> bool {
+        self.guarded
+            .lock()
+            .expect("guarded lock")
+            .remove(&(namespace.to_string(), name.to_string()))
     }
 
     /// Carries out `actions` in order for the node `node_name`. Every action is
@@ -96,6 +132,11 @@ impl Actor {
                 r
             }
             Action::CleanNode { uncordon } => taint::clean(self, node_name, uncordon).await,
+            Action::GuardEvictions {
+                namespace,
+                name,
+                until,
+            } => guard::guard(self, &namespace, &name, until).await,
             Action::RestartDeployment {
                 namespace,
                 name,
@@ -108,7 +149,16 @@ impl Actor {
                 to,
                 until,
                 reason,
-            } => surge::scale(self, &namespace, &name, from, to, until, &reason, received).await,
+            } => {
+                let surge = surge::Scaled {
+                    from,
+                    to,
+                    until,
+                    reason: &reason,
+                    node: node_name,
+                };
+                surge::scale(self, &namespace, &name, surge, received).await
+            }
             Action::Evict {
                 namespace,
                 name,
@@ -181,6 +231,9 @@ fn object_of(action: &Action, node_name: &str) -> Touched {
         | Action::ScaleDeployment {
             namespace, name, ..
         } => ("Deployment", "apps/v1", Some(namespace), name.as_str()),
+        Action::GuardEvictions {
+            namespace, name, ..
+        } => ("Deployment", "apps/v1", Some(namespace), name.as_str()),
         Action::Evict {
             namespace, name, ..
         } => ("Pod", "v1", Some(namespace), name.as_str()),
@@ -199,6 +252,7 @@ fn action_label(action: &Action) -> &'static str {
         Action::CleanNode { .. } => "clean-node",
         Action::RestartDeployment { .. } => "restart",
         Action::ScaleDeployment { .. } => "scale",
+        Action::GuardEvictions { .. } => "guard",
         Action::Evict { .. } => "evict",
     }
 }

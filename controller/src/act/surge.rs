@@ -22,7 +22,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::{Value, json};
 use spotkube_shared::annotations::{
-    MIGRATED_AT, REASON, STATE, SURGE_FROM, SURGE_UNTIL, WorkloadState,
+    MIGRATED_AT, REASON, STATE, SURGE_FROM, SURGE_NODE, SURGE_UNTIL, WorkloadState,
 };
 use spotkube_shared::labels::{SURGING, SURGING_VALUE};
 
@@ -83,19 +83,33 @@ pub async fn restart(
     Ok(())
 }
 
-/// Scale `from` → `to`, recording when to scale back and labelling the Deployment as
-/// surging, unless its replicas changed meanwhile or it is already surged.
-#[allow(clippy::too_many_arguments)]
+/// A scaled surge: `from` → `to` until `until` (or until Node `node` is gone), for
+/// the event `reason`.
+pub struct Scaled<'a> {
+    pub from: i32,
+    pub to: i32,
+    pub until: Timestamp,
+    pub reason: &'a str,
+    pub node: &'a str,
+}
+
+/// Scale `from` → `to`, recording when to scale back (and for which Node) and
+/// labelling the Deployment as surging, unless its replicas changed meanwhile or it is
+/// already surged.
 pub async fn scale(
     actor: &Actor,
     namespace: &str,
     name: &str,
-    from: i32,
-    to: i32,
-    until: Timestamp,
-    reason: &str,
+    surge: Scaled<'_>,
     received: Instant,
 ) -> Result<()> {
+    let Scaled {
+        from,
+        to,
+        until,
+        reason,
+        node,
+    } = surge;
     let api: Api<Deployment> = Api::namespaced(actor.ctx.client.clone(), namespace);
     let surged = patch_as_decided(&api, name, |current| {
         let replicas = current.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
@@ -115,6 +129,7 @@ pub async fn scale(
                     STATE: WorkloadState::Surging.as_str(),
                     SURGE_FROM: from.to_string(),
                     SURGE_UNTIL: until.to_string(),
+                    SURGE_NODE: node,
                 },
             },
             "spec": { "replicas": to },
@@ -185,6 +200,7 @@ async fn patch_as_decided(
 fn follow(actor: Actor, api: Api<Deployment>, name: String, received: Instant) {
     let tasks = actor.tasks.clone();
     tasks.spawn("follow", async move {
+        let namespace = api.namespace().unwrap_or_default().to_string();
         let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
         let ready = watcher(api, config)
             .default_backoff()
@@ -192,7 +208,15 @@ fn follow(actor: Actor, api: Api<Deployment>, name: String, received: Instant) {
             .filter_map(|d| async move { d.ok().filter(replacement_ready) });
         let mut ready = std::pin::pin!(ready);
         let left = FOLLOW_FOR.saturating_sub(received.elapsed());
-        let Ok(Some(d)) = tokio::time::timeout(left, ready.next()).await else {
+        let ready = tokio::time::timeout(left, ready.next()).await;
+        // The drain an eviction guard held may go on now (or, past the follow, at the
+        // guard's own expiry: released here all the same).
+        if actor.take_guard(&namespace, &name)
+            && let Err(error) = super::guard::release(&actor, &namespace, &name).await
+        {
+            tracing::warn!(%error, "eviction guard not removed; it expires on its own");
+        }
+        let Ok(Some(d)) = ready else {
             tracing::info!("replacement not Ready within {FOLLOW_FOR:?}; no longer followed");
             return;
         };
@@ -248,6 +272,7 @@ pub async fn end_surge(
             "annotations": {
                 SURGE_FROM: null,
                 SURGE_UNTIL: null,
+                SURGE_NODE: null,
                 STATE: WorkloadState::Spot.as_str(),
             },
         },

@@ -10,6 +10,7 @@ use spotkube_shared::annotations::{INTERRUPTION, INTERRUPTION_TAINT, Interruptio
 
 use super::Actor;
 use crate::decide::TaintEffect;
+use crate::decide::external::drained_by_source;
 use crate::error::{Error, KubeResultExt, Result};
 
 const ATTEMPTS: usize = 5;
@@ -49,6 +50,14 @@ pub async fn mark(
         .deadline
         .map(|d| format!(", deadline {d}"))
         .unwrap_or_default();
+    // Which tool said so, and whose drain it is.
+    let source = match notice.source.as_deref() {
+        Some(source) if drained_by_source(notice) => format!(
+            "; signalled by {source}, which drains the node itself: spotkube surges single-replica workloads, guards their eviction until the replacement is Ready, and evicts nothing"
+        ),
+        Some(source) => format!("; signalled by {source}"),
+        None => String::new(),
+    };
     actor
         .ctx
         .event(
@@ -56,14 +65,14 @@ pub async fn mark(
             EventType::Warning,
             "SpotInterruption",
             format!(
-                "{}: tainted {INTERRUPTION_TAINT}:{}{}{deadline}",
+                "{}: tainted {INTERRUPTION_TAINT}:{}{}{deadline}{source}",
                 notice.kind,
                 effect.as_str(),
                 if cordon { " and cordoned" } else { "" }
             ),
         )
         .await;
-    tracing::info!(kind = %notice.kind, effect = effect.as_str(), cordon, "node marked");
+    tracing::info!(kind = %notice.kind, effect = effect.as_str(), cordon, source = ?notice.source, "node marked");
     Ok(())
 }
 

@@ -49,6 +49,7 @@ pub fn node_marks(
     planning: &Planning,
 ) -> Vec<Action> {
     let key = surge_key(node, event);
+    let source = first_source(node);
     match &event.detail {
         EventDetail::SpotInterruption { deadline, .. } => mark(
             node,
@@ -59,6 +60,7 @@ pub fn node_marks(
                 deadline: Some(*deadline),
                 event_id: Some(key),
                 drain_from: None,
+                source,
             },
         ),
         EventDetail::RebalanceRecommendation { .. } => {
@@ -75,6 +77,7 @@ pub fn node_marks(
                 deadline: None,
                 event_id: Some(key),
                 drain_from: None,
+                source: None,
             };
             mark(node, TaintEffect::PreferNoSchedule, false, notice)
         }
@@ -108,6 +111,7 @@ pub fn node_marks(
                 deadline: change.start,
                 event_id: Some(key),
                 drain_from,
+                source,
             };
             match drain_from {
                 // Planned: prefer other nodes now, drain from the lead time on.
@@ -181,6 +185,15 @@ pub fn workloads(
             .collect(),
         _ => Vec::new(),
     }
+}
+
+/// The source of the node's first imminent notice: an EventBridge event for a node an
+/// external tool marked first keeps that tool's source (it still drains the node).
+fn first_source(node: &NodeView) -> Option<String> {
+    node.notice
+        .as_ref()
+        .filter(|n| n.is_imminent())
+        .and_then(|n| n.source.clone())
 }
 
 /// The key workloads are surged under: the node's first imminent event's, so a

@@ -6,6 +6,7 @@
 //! message yields no duplicate surge.
 
 mod drain;
+pub mod external;
 mod interruption;
 mod scale_back;
 mod surge;
@@ -124,6 +125,15 @@ pub enum Action {
         to: i32,
         until: Timestamp,
         reason: String,
+    },
+    /// Before a surge on a Node another tool drains: a PodDisruptionBudget
+    /// (minAvailable 1) over Deployment `name`'s pods, unless one already selects them,
+    /// so the tool's evictions wait until the replacement is Ready. Removed once it is,
+    /// or at `until`.
+    GuardEvictions {
+        namespace: String,
+        name: String,
+        until: Option<Timestamp>,
     },
     /// Evict through the Eviction API (PDBs respected), retrying until `deadline`.
     Evict {

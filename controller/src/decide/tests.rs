@@ -101,6 +101,7 @@ fn interruption_taints_cordons_and_records_kind_deadline_and_event() {
                 deadline: Some("2026-11-20T10:17:00Z".parse().unwrap()),
                 event_id: Some(key()),
                 drain_from: None,
+                source: None,
             }
         }]
     );
@@ -348,6 +349,7 @@ fn rebalance_prefers_no_schedule_and_moves_single_replica_statefulsets_early() {
                     deadline: None,
                     event_id: Some(event.dedupe_key()),
                     drain_from: None,
+                    source: None,
                 }
             },
             Action::Evict {
@@ -483,6 +485,7 @@ fn a_scheduled_change_is_planned_until_its_lead_time() {
                 deadline: Some(start),
                 event_id: Some(event.dedupe_key()),
                 drain_from: Some("2026-11-28T13:04:03Z".parse().unwrap()),
+                source: None,
             },
         }]
     );
@@ -631,4 +634,34 @@ fn drain_protects_what_remains_until_the_deadline_only() {
     let event = events::parse(REBALANCE).unwrap();
     let rebalanced = marked_by(&event);
     assert_eq!(drain(&rebalanced, &pods, now()), vec![]);
+}
+
+#[test]
+fn an_event_for_a_node_another_tool_marked_first_keeps_its_key_and_source() {
+    let external = InterruptionNotice {
+        kind: InterruptionKind::ScheduledChange,
+        deadline: Some("2026-11-20T10:20:00Z".parse().unwrap()),
+        event_id: Some("nth/spot-a/0f1e2d3c".into()),
+        drain_from: None,
+        source: Some("nth".into()),
+    };
+    let node = NodeView {
+        taint: Some(TaintEffect::NoSchedule),
+        notice: Some(external),
+        ..node()
+    };
+    let pods = [pod(
+        "web-1",
+        Owner::Deployment(DeploymentView {
+            surged_for: Some("nth/spot-a/0f1e2d3c".into()),
+            ..deployment("web", 1)
+        }),
+        enabled(Surge::Auto),
+    )];
+    let actions = decide(&spot_event(), &node, &pods, now(), &plan());
+    let [Action::MarkNode { notice, .. }] = &actions[..] else {
+        panic!("one mark, no second surge and no eviction: {actions:?}");
+    };
+    assert_eq!(notice.event_id.as_deref(), Some("nth/spot-a/0f1e2d3c"));
+    assert_eq!(notice.source.as_deref(), Some("nth"));
 }

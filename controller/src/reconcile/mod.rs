@@ -8,8 +8,10 @@
 //! - [`unscheduled`]: report pods spotkube's scheduler has not picked up (it is down).
 //! - [`namespace_labels`]: mirror the opt-in annotation to the label the webhook selects.
 //! - [`savings`]: compute what opted-in workloads cost and export it as metrics.
+//! - [`external_signals`]: act on what Karpenter, NTH or Cluster Autoscaler do to a Node.
 
 pub mod drain;
+pub mod external_signals;
 pub mod namespace_labels;
 pub mod ranking;
 pub mod savings;

@@ -1,6 +1,9 @@
 //! The scale-back reconcile: every Deployment labelled `spotkube.io/surging` whose
-//! hold (`spotkube.io/surge-until`) is over is scaled back (or, when someone changed
-//! its replicas meanwhile, only forgotten).
+//! hold (`spotkube.io/surge-until`) is over, or whose Node (`spotkube.io/surge-node`)
+//! is gone, is scaled back (or, when someone changed its replicas meanwhile, only
+//! forgotten). Ending a surge once its Node is gone keeps a node autoscaler
+//! (Karpenter, Cluster Autoscaler) from keeping capacity, or launching more, for a
+//! replica nobody asked for.
 //!
 //! The labelled Deployments come from a watch ([`SurgingDeployments`]), so a pass reads
 //! nothing from the API: an idle controller costs the same with 50 Deployments or
@@ -16,7 +19,7 @@ use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use spotkube_shared::admin::Readiness;
-use spotkube_shared::annotations::{SURGE_FROM, SURGE_UNTIL};
+use spotkube_shared::annotations::{SURGE_FROM, SURGE_NODE, SURGE_UNTIL};
 use spotkube_shared::labels::{SURGING, SURGING_VALUE};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -38,7 +41,15 @@ pub async fn scale_back_once(actor: &Actor, surging: &[Deployment], now: Timesta
             .and_then(|v| v.parse::<i32>().ok())
             .zip(a.get(SURGE_UNTIL).and_then(|v| v.parse::<Timestamp>().ok()));
         let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        // The Node the surge was for is gone: the surge has done its job. (The index is
+        // synced before the leader acts.)
+        let node_gone = a
+            .get(SURGE_NODE)
+            .is_some_and(|node| !actor.ctx.nodes.exists(node));
         let decision = match record {
+            Some((from, until)) if node_gone => {
+                decide::scale_back(from, until.min(now), replicas, now)
+            }
             Some((from, until)) => decide::scale_back(from, until, replicas, now),
             None => ScaleBack::DropLabel,
         };
