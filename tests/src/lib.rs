@@ -38,7 +38,7 @@ pub use control_plane::{ControlPlane, ExtenderConfig};
 pub use nodes::{Capacity, FakeNode, NodeKind, ZONES};
 pub use programs::Program;
 pub use wait::{
-    ready_endpoints, wait_for, wait_for_ready_endpoints, wait_for_rollout,
+    EndpointWatch, ready_endpoints, wait_for, wait_for_ready_endpoints, wait_for_rollout,
     wait_for_schedulable_nodes,
 };
 

@@ -1,6 +1,8 @@
 //! Polling helpers: wait until a condition holds, with a deadline and a clear error.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -58,6 +60,52 @@ pub async fn ready_endpoints(
         .flat_map(|s| s.endpoints.iter().flatten())
         .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false))
         .count())
+}
+
+/// Polls a Service's ready endpoints every 100 ms until [`EndpointWatch::finish`]; keeps
+/// the minimum: the "never zero ready endpoints" of the zero-downtime tests.
+pub struct EndpointWatch {
+    min: Arc<AtomicUsize>,
+    samples: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EndpointWatch {
+    /// Starts polling Service `namespace/service`.
+    pub fn start(client: &kube::Client, namespace: &str, service: &str) -> EndpointWatch {
+        let min = Arc::new(AtomicUsize::new(usize::MAX));
+        let samples = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (client, namespace, service) =
+            (client.clone(), namespace.to_string(), service.to_string());
+        let (m, s, st) = (min.clone(), samples.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            while !st.load(Ordering::Relaxed) {
+                if let Ok(ready) = ready_endpoints(&client, &namespace, &service).await {
+                    m.fetch_min(ready, Ordering::Relaxed);
+                    s.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        });
+        EndpointWatch {
+            min,
+            samples,
+            stop,
+            task,
+        }
+    }
+
+    /// Stops polling: (minimum ready endpoints, samples taken).
+    pub async fn finish(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        (
+            self.min.load(Ordering::Relaxed),
+            self.samples.load(Ordering::Relaxed),
+        )
+    }
 }
 
 /// Waits until Service `namespace/service` has at least `count` ready endpoints.

@@ -4,8 +4,6 @@
 //! the Service's EndpointSlices every 100 ms: ready endpoints must never drop to zero.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
@@ -16,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use spotkube_rig::aws::{EventKind, Moto, Queues};
 use spotkube_rig::{
-    Cluster, FakeNode, Program, TestNamespace, ready_endpoints, wait_for, wait_for_ready_endpoints,
+    Cluster, EndpointWatch, FakeNode, Program, TestNamespace, wait_for, wait_for_ready_endpoints,
     wait_for_rollout, wait_for_schedulable_nodes, workloads,
 };
 
@@ -232,51 +230,9 @@ impl Scenario {
     }
 }
 
-/// Polls the Service's ready endpoints every 100 ms until stopped; keeps the minimum.
-struct EndpointWatch {
-    min: Arc<AtomicUsize>,
-    samples: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl EndpointWatch {
-    fn start(test: &TestNamespace) -> EndpointWatch {
-        let min = Arc::new(AtomicUsize::new(usize::MAX));
-        let samples = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (client, ns) = (test.client.clone(), test.name.clone());
-        let (m, s, st) = (min.clone(), samples.clone(), stop.clone());
-        let task = tokio::spawn(async move {
-            while !st.load(Ordering::Relaxed) {
-                if let Ok(ready) = ready_endpoints(&client, &ns, "web").await {
-                    m.fetch_min(ready, Ordering::Relaxed);
-                    s.fetch_add(1, Ordering::Relaxed);
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        });
-        EndpointWatch {
-            min,
-            samples,
-            stop,
-            task,
-        }
-    }
-
-    async fn finish(self) -> (usize, usize) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.task.await;
-        (
-            self.min.load(Ordering::Relaxed),
-            self.samples.load(Ordering::Relaxed),
-        )
-    }
-}
-
 /// Interrupt, wait 30 s (the scaled-down deadline), kill the node, watch 10 s more.
 async fn interruption_never_empties_the_service(s: &Scenario) -> anyhow::Result<()> {
-    let watch = EndpointWatch::start(&s.test);
+    let watch = EndpointWatch::start(&s.test.client, &s.test.name, "web");
     s.interrupt().await?;
     s.wait_tainted().await?;
     tokio::time::sleep(Duration::from_secs(30)).await;
@@ -338,7 +294,7 @@ async fn scale_surge_keeps_a_ready_endpoint_and_scales_back_after_a_controller_k
     .await?;
     let result = async {
         let mut controller = s.controller().await?;
-        let watch = EndpointWatch::start(&s.test);
+        let watch = EndpointWatch::start(&s.test.client, &s.test.name, "web");
         s.interrupt().await?;
         s.wait_tainted().await?;
         let surged = wait_for("scaled to 2", Duration::from_secs(30), || async {
@@ -488,7 +444,7 @@ async fn without_the_controller_the_service_does_empty() -> anyhow::Result<()> {
             }
         };
         cordon(true).await?;
-        let watch = EndpointWatch::start(&s.test);
+        let watch = EndpointWatch::start(&s.test.client, &s.test.name, "web");
         tokio::time::sleep(Duration::from_secs(2)).await;
         // The dying instance takes no new pods: without this, the replacement created
         // between the pod's and the Node's deletion could be bound to the doomed node and

@@ -14,8 +14,6 @@
 //! drain begins once spotkube's notice is on the Node (its guard and surge come first).
 //! Each controller watches only its test's nodes (`--external-signal-node-selector`).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
@@ -27,7 +25,7 @@ use spotkube_rig::aws::{EventKind, Moto, Queues};
 use spotkube_rig::identity::controller_kubeconfig;
 use spotkube_rig::programs::ProgramOptions;
 use spotkube_rig::{
-    Cluster, FakeNode, Program, TestNamespace, ready_endpoints, wait_for, wait_for_ready_endpoints,
+    Cluster, EndpointWatch, FakeNode, Program, TestNamespace, wait_for, wait_for_ready_endpoints,
     wait_for_rollout, wait_for_schedulable_nodes, workloads,
 };
 use spotkube_shared::annotations::InterruptionNotice;
@@ -256,49 +254,6 @@ fn taint(key: &str, value: Option<&str>) -> Option<Taint> {
     })
 }
 
-/// Polls the Service's ready endpoints every 100 ms until stopped; keeps the minimum.
-struct EndpointWatch {
-    min: Arc<AtomicUsize>,
-    samples: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl EndpointWatch {
-    fn start(test: &TestNamespace) -> EndpointWatch {
-        let min = Arc::new(AtomicUsize::new(usize::MAX));
-        let samples = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (client, ns) = (test.client.clone(), test.name.clone());
-        let (m, s, st) = (min.clone(), samples.clone(), stop.clone());
-        let task = tokio::spawn(async move {
-            while !st.load(Ordering::Relaxed) {
-                if let Ok(ready) = ready_endpoints(&client, &ns, "web").await {
-                    m.fetch_min(ready, Ordering::Relaxed);
-                    s.fetch_add(1, Ordering::Relaxed);
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        });
-        EndpointWatch {
-            min,
-            samples,
-            stop,
-            task,
-        }
-    }
-
-    /// (minimum ready endpoints, samples taken).
-    async fn finish(self) -> (usize, usize) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.task.await;
-        (
-            self.min.load(Ordering::Relaxed),
-            self.samples.load(Ordering::Relaxed),
-        )
-    }
-}
-
 /// The tool marks the doomed node (`taint`, and a cordon when it cordons), spotkube
 /// reacts, the tool drains, new capacity arrives: returns the minimum number of ready
 /// endpoints seen, once the drain is over and `web` is Ready again, and the notice.
@@ -308,7 +263,7 @@ async fn drained_by_a_tool(
     cordon: bool,
     spotkube: bool,
 ) -> anyhow::Result<(usize, Option<InterruptionNotice>)> {
-    let watch = EndpointWatch::start(&rig.test);
+    let watch = EndpointWatch::start(&rig.test.client, &rig.test.name, "web");
     rig.mark(&rig.doomed.name, taint, cordon).await?;
     let notice = match spotkube {
         true => Some(rig.wait_notice(&rig.doomed.name).await?),
@@ -482,7 +437,7 @@ async fn a_karpenter_disruption_ends_with_exactly_the_users_replicas() -> anyhow
     .await?;
     let result = async {
         let _controller = rig.controller(rig.options()).await?;
-        let watch = EndpointWatch::start(&rig.test);
+        let watch = EndpointWatch::start(&rig.test.client, &rig.test.name, "web");
         let (min, notice) =
             drained_by_a_tool(&rig, taint(KARPENTER_DISRUPTED, None), false, true).await?;
         let notice = notice.unwrap();

@@ -17,6 +17,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReferen
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::runtime::events::EventType;
+use kube::core::{Selector, SelectorExt};
 use kube::{Api, Resource, ResourceExt};
 
 use super::Actor;
@@ -185,25 +186,10 @@ pub async fn sweep(actor: &Actor, now: Timestamp) -> Result<usize> {
     Ok(removed)
 }
 
-/// Whether `selector` selects a pod labelled `labels` (an empty selector selects all).
+/// Whether `selector` selects a pod labelled `labels` (an empty selector selects all), by
+/// kube's own matcher; a selector it cannot parse (an unknown operator) selects nothing.
 pub fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let by_label = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let by_expression = selector.match_expressions.iter().flatten().all(|e| {
-        let value = labels.get(&e.key);
-        let values = e.values.as_deref().unwrap_or_default();
-        match e.operator.as_str() {
-            "In" => value.is_some_and(|v| values.contains(v)),
-            "NotIn" => value.is_none_or(|v| !values.contains(v)),
-            "Exists" => value.is_some(),
-            "DoesNotExist" => value.is_none(),
-            _ => false,
-        }
-    });
-    by_label && by_expression
+    Selector::try_from(selector.clone()).is_ok_and(|s| s.matches(labels))
 }
 
 #[cfg(test)]
