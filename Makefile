@@ -6,7 +6,7 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/spotkube/target
 CARGO ?= cargo
 
-.PHONY: demo test tools build lint unit help manifests bench-webhook bench-extender bench-controller bench-api-load images
+.PHONY: demo test tools build lint unit help manifests bench-webhook bench-extender bench-controller bench-api-load images fuzz
 
 help:
 	@echo "make demo   run the local demo: control plane + kwok + moto + webhook, extender, controller"
@@ -62,3 +62,13 @@ bench-controller: tools build
 bench-api-load: tools build
 	SPOTKUBE_BENCH_DEPLOYMENTS=5000 SPOTKUBE_BENCH_WINDOW=60 SPOTKUBE_BENCH_OUT=/dev/stdout \
 	  $(CARGO) test -p spotkube-tests --test e2e_api_load -- --nocapture
+
+## Fuzz targets (proptest, */tests/fuzz_*.rs) at the full count, release build: 10^6
+## inputs per property, each prints its count, time and seed (figures in BENCHMARKS.md,
+## "Reliability — fuzzing"). `make test` runs the same properties at 256 inputs each.
+## FUZZ_CASES=N changes the count; SPOTKUBE_FUZZ_SEED=S replays a run.
+FUZZ_CASES ?= 1000000
+fuzz:
+	SPOTKUBE_FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --release -p spotkube-webhook --test fuzz_mutate -- --nocapture
+	SPOTKUBE_FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --release -p spotkube-extender --test fuzz_verbs --test fuzz_ranking -- --nocapture
+	SPOTKUBE_FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --release -p spotkube-controller --test fuzz_events -- --nocapture
