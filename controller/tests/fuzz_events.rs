@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use proptest::sample::{Index, select};
-use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 use serde_json::{Value, json};
 use spotkube_controller::decide::Planning;
 use spotkube_controller::intake::{Intake, Outcome};
@@ -39,47 +39,10 @@ use spotkube_controller::nodes_index::NodesIndex;
 use spotkube_controller::origin::Origin;
 use spotkube_shared::events::{self, EventDetail, ParseError};
 
-// ---- harness (the same in every fuzz_*.rs) ----------------------------------------
-
-/// Runs `test` on `strategy`'s inputs; the count and seed come from the environment.
-/// No failure persistence: proptest would write `proptest-regressions/` into the
-/// source tree; a failure prints its minimal input and the seed that reproduces it.
-fn fuzz<S: Strategy>(name: &str, strategy: S, test: impl Fn(S::Value) -> Result<(), TestCaseError>)
-where
-    S::Value: std::fmt::Debug,
-{
-    let env = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
-    let cases = env("SPOTKUBE_FUZZ_CASES").map_or(Config::default().cases, |v| {
-        v.replace('_', "").parse().expect("SPOTKUBE_FUZZ_CASES")
-    });
-    let seed = env("SPOTKUBE_FUZZ_SEED").map_or_else(
-        || {
-            use std::hash::{BuildHasher, Hasher};
-            std::collections::hash_map::RandomState::new()
-                .build_hasher()
-                .finish()
-        },
-        |v| v.parse().expect("SPOTKUBE_FUZZ_SEED"),
-    );
-    let config = Config {
-        cases,
-        failure_persistence: None,
-        rng_seed: RngSeed::Fixed(seed),
-        ..Config::default()
-    };
-    let started = std::time::Instant::now();
-    let result = TestRunner::new(config).run(&strategy, test);
-    let secs = started.elapsed().as_secs_f64();
-    match result {
-        Ok(()) => println!(
-            "fuzz {name}: {cases} inputs, 0 failures, {secs:.1} s ({:.0}/s), seed {seed}",
-            f64::from(cases) / secs.max(1e-9)
-        ),
-        Err(e) => panic!(
-            "fuzz {name}: {e}\nreproduce with SPOTKUBE_FUZZ_SEED={seed} SPOTKUBE_FUZZ_CASES={cases}"
-        ),
-    }
-}
+// The harness (count, seed, no failure files) every fuzz target shares.
+#[path = "../../testdata/fuzz_harness.rs"]
+mod fuzz_harness;
+use fuzz_harness::fuzz;
 
 // ---- inputs ----------------------------------------------------------------------------
 
