@@ -72,3 +72,20 @@ fuzz:
 	SPOTKUBE_FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --release -p spotkube-webhook --test fuzz_mutate -- --nocapture
 	SPOTKUBE_FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --release -p spotkube-extender --test fuzz_verbs --test fuzz_ranking -- --nocapture
 	SPOTKUBE_FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --release -p spotkube-controller --test fuzz_events -- --nocapture
+
+## Issue 14's fault matrix at the full counts (figures in BENCHMARKS.md, "Reliability").
+## `make test` runs the same tests once per row (SPOTKUBE_FAULT_RUNS=1, 20 mass nodes).
+## Controller rows: leader SIGKILLed at each step x 20 runs with a standby taking over
+## (the before-delete step is #[ignore]d, see BENCHMARKS.md), kube-apiserver restarted
+## mid-interruption, 200 spot nodes interrupted at once.
+.PHONY: faults
+faults: tools build
+	SPOTKUBE_FAULT_RUNS=20 SPOTKUBE_FAULT_MASS_NODES=200 \
+	  $(CARGO) test -p spotkube-tests --test faults_controller -- --nocapture
+## AWS rows: SQS unavailable 30 s, SQS throttled 20 s, soak of 1,000 mixed events over
+## 10 min on a changing cluster (make test: 100 over 1 min). Admission rows: webhook down
+## with failurePolicy Ignore and back, certificates rotated mid-traffic, extender down.
+	SPOTKUBE_SOAK_EVENTS=1000 SPOTKUBE_SOAK_SECONDS=600 \
+	  $(CARGO) test -p spotkube-tests --test faults_aws -- --nocapture
+	$(CARGO) test -p spotkube-tests --test faults_admission -- --nocapture
+	$(CARGO) test -p spotkube-tests --test e2e_smoke webhook_down -- --nocapture

@@ -121,6 +121,17 @@ pub struct RunArgs {
     /// warns that the scheduler is not running.
     #[arg(long, env = "SPOTKUBE_UNSCHEDULED_AFTER", default_value = "60s", value_parser = spotkube_shared::config::positive_duration)]
     pub unscheduled_after: Duration,
+    /// The extender's URL prefix (as the scheduler configuration names it). When set,
+    /// the leader probes it and, while it does not answer, counts the pods spotkube's
+    /// scheduler binds without it (`spotkube_controller_pods_scheduled_without_extender_total`).
+    #[arg(long, env = "SPOTKUBE_EXTENDER_URL")]
+    pub extender_url: Option<String>,
+    /// A PEM CA bundle for an HTTPS `--extender-url`.
+    #[arg(long, env = "SPOTKUBE_EXTENDER_CA_FILE", requires = "extender_url")]
+    pub extender_ca_file: Option<std::path::PathBuf>,
+    /// How often the leader probes `--extender-url`.
+    #[arg(long, env = "SPOTKUBE_EXTENDER_PROBE_INTERVAL", default_value = "10s", value_parser = spotkube_shared::config::positive_duration)]
+    pub extender_probe_interval: Duration,
     /// A Slack incoming webhook to notify (a secret: its value is never shown).
     #[arg(long, env = "SPOTKUBE_SLACK_WEBHOOK_URL", hide_env_values = true, value_parser = WebhookUrl::from_flag)]
     pub slack_webhook_url: Option<WebhookUrl>,

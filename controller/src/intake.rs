@@ -43,6 +43,15 @@ pub struct Intake {
     pub message_deadline: Duration,
 }
 
+/// Clears `spotkube_controller_sqs_receive_failing` when the term's intake ends.
+struct ClearFailing(crate::metrics::Metrics);
+
+impl Drop for ClearFailing {
+    fn drop(&mut self) {
+        self.0.sqs_receive_failing.set(0);
+    }
+}
+
 /// What happened to one message.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -74,6 +83,8 @@ impl Intake {
             self.actor.tasks.clone(),
         );
         let mut backoff = Duration::from_secs(1);
+        // A former leader receives nothing: it reports no failing receive.
+        let _failing = ClearFailing(self.actor.ctx.metrics.clone());
         while !stop.is_cancelled() {
             let free = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -105,6 +116,7 @@ impl Intake {
             match output {
                 Ok(output) => {
                     backoff = Duration::from_secs(1);
+                    self.actor.ctx.metrics.sqs_receive(None);
                     for message in output.messages.unwrap_or_default() {
                         let intake = self.clone();
                         let metrics = self.actor.ctx.metrics.clone();
@@ -120,7 +132,12 @@ impl Intake {
                     }
                 }
                 Err(error) => {
-                    tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&error), "receiving from SQS failed");
+                    let reason = match crate::aws::is_throttling(&error) {
+                        true => "throttled",
+                        false => "error",
+                    };
+                    self.actor.ctx.metrics.sqs_receive(Some(reason));
+                    tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&error), reason, ?backoff, "receiving from SQS failed; backing off");
                     tokio::select! {
                         _ = stop.cancelled() => return,
                         _ = tokio::time::sleep(backoff) => {}

@@ -42,6 +42,15 @@ pub struct Metrics {
     pub external_signals: Family<Labels, Counter>,
     /// Realised spot savings (the leader's savings loop).
     pub savings: SavingsMetrics,
+    /// Failed SQS receives, by reason (`throttled`, `error`).
+    pub sqs_receive_errors: Family<Labels, Counter>,
+    /// 1 while the leader's last SQS receive failed (SQS unreachable or throttling),
+    /// else 0 (a standby, which does not receive, reports 0).
+    pub sqs_receive_failing: Gauge,
+    /// 1 while the leader's last probe of `--extender-url` was answered, else 0.
+    pub extender_up: Gauge,
+    /// Pods of spotkube's scheduler bound while the extender did not answer.
+    pub pods_scheduled_without_extender: Counter,
 }
 
 impl Metrics {
@@ -59,6 +68,10 @@ impl Metrics {
             notifications: Family::default(),
             external_signals: Family::default(),
             savings: SavingsMetrics::register(registry),
+            sqs_receive_errors: Family::default(),
+            sqs_receive_failing: Gauge::default(),
+            extender_up: Gauge::default(),
+            pods_scheduled_without_extender: Counter::default(),
         };
         let registry = registry.sub_registry_with_prefix("spotkube_controller");
         registry.register(
@@ -116,7 +129,42 @@ impl Metrics {
             "External disruption signals seen on Nodes (another tool's taint, label or cordon), by source (nth, cluster-autoscaler, karpenter, unreachable, cordon) and kind (imminent, planned, rebalance)",
             metrics.external_signals.clone(),
         );
+        registry.register(
+            "sqs_receive_errors",
+            "Failed SQS ReceiveMessage calls, by reason (throttled, error); the intake backs off after each",
+            metrics.sqs_receive_errors.clone(),
+        );
+        registry.register(
+            "sqs_receive_failing",
+            "1 while the leader's last SQS receive failed (queue unreachable or throttled), else 0; /readyz reports it too",
+            metrics.sqs_receive_failing.clone(),
+        );
+        registry.register(
+            "extender_up",
+            "1 while the leader's last probe of --extender-url was answered, else 0 (always 0 without the flag)",
+            metrics.extender_up.clone(),
+        );
+        registry.register(
+            "pods_scheduled_without_extender",
+            "Pods of spotkube's scheduler bound while the extender did not answer: scheduled without its filter and prices (ignorable: true)",
+            metrics.pods_scheduled_without_extender.clone(),
+        );
         metrics
+    }
+
+    /// Records how a receive went: failures by reason, and whether it is failing now.
+    pub fn sqs_receive(&self, failure: Option<&str>) {
+        match failure {
+            Some(reason) => {
+                self.sqs_receive_errors
+                    .get_or_create(&vec![("reason", reason.to_string())])
+                    .inc();
+                self.sqs_receive_failing.set(1);
+            }
+            None => {
+                self.sqs_receive_failing.set(0);
+            }
+        }
     }
 
     /// Counts an external signal newly seen on a Node.

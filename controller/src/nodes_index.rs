@@ -90,6 +90,12 @@ impl NodesIndex {
         index.marked.iter().cloned().collect()
     }
 
+    /// Whether Node `name` carries spotkube's interruption notice.
+    pub fn is_marked(&self, name: &str) -> bool {
+        let index = self.inner.read().expect("nodes index lock");
+        index.marked.contains(name)
+    }
+
     /// Whether Node `name` exists (as of the last watch event).
     pub fn exists(&self, name: &str) -> bool {
         let index = self.inner.read().expect("nodes index lock");

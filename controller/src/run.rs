@@ -77,6 +77,9 @@ pub async fn run(args: RunArgs, admin_listen: SocketAddr) -> Result<()> {
     };
     let readiness = Readiness::default();
     let nodes_synced = readiness.gate("nodes index");
+    // Reported, never gating: a replica that cannot reach SQS is no better restarted.
+    let failing = metrics.sqs_receive_failing.clone();
+    readiness.advisory("sqs receive", move || failing.get() != 0);
     // Leader and standby alike are ready once their Node index is: /readyz says
     // nothing of leadership (spotkube_controller_leader does).
 
@@ -124,6 +127,20 @@ pub async fn run(args: RunArgs, admin_listen: SocketAddr) -> Result<()> {
         unscheduled: unscheduled::Settings {
             scheduler_name: args.scheduler_name.clone(),
             after: args.unscheduled_after,
+        },
+        extender: match &args.extender_url {
+            Some(url) => Some(reconcile::extender_health::Settings {
+                url: url.trim_end_matches('/').to_string(),
+                ca_pem: match &args.extender_ca_file {
+                    Some(path) => Some(std::fs::read(path).map_err(|e| {
+                        Error::Invalid(format!("--extender-ca-file {}: {e}", path.display()))
+                    })?),
+                    None => None,
+                },
+                every: args.extender_probe_interval,
+                scheduler_name: args.scheduler_name.clone(),
+            }),
+            None => None,
         },
         external: reconcile::external_signals::Settings {
             signals: args.external_signals(),
@@ -186,6 +203,8 @@ struct Leader {
     savings: SavingsJob,
     origin: Origin,
     unscheduled: unscheduled::Settings,
+    /// The extender probe, when `--extender-url` is set.
+    extender: Option<reconcile::extender_health::Settings>,
     external: reconcile::external_signals::Settings,
     planning: Planning,
     concurrency: usize,
@@ -234,6 +253,12 @@ impl Leader {
             "unscheduled",
             unscheduled::run(self.ctx.clone(), self.unscheduled, token.clone()),
         );
+        if let Some(settings) = self.extender {
+            term.start(
+                "extender-health",
+                reconcile::extender_health::run(self.ctx.clone(), settings, token.clone()),
+            );
+        }
         term.start(
             "namespace-labels",
             reconcile::namespace_labels::run(self.ctx.clone(), token.clone()),

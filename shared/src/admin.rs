@@ -18,6 +18,15 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Default)]
 pub struct Readiness {
     gates: Arc<Mutex<Vec<NamedGate>>>,
+    advisories: Arc<Mutex<Vec<Advisory>>>,
+}
+
+/// A condition `/readyz` reports (in its body) without gating on it: the process works
+/// on, degraded, and restarting it or taking it out of a Service would not help (e.g. the
+/// controller's SQS queue unreachable or throttling).
+struct Advisory {
+    name: String,
+    degraded: Box<dyn Fn() -> bool + Send + Sync>,
 }
 
 struct NamedGate {
@@ -52,6 +61,29 @@ impl Readiness {
         gate
     }
 
+    /// Adds a condition `/readyz` reports while `degraded()` holds, answering 200
+    /// `ok (degraded: <name>, ...)` rather than failing.
+    pub fn advisory(&self, name: &str, degraded: impl Fn() -> bool + Send + Sync + 'static) {
+        self.advisories
+            .lock()
+            .expect("readiness lock")
+            .push(Advisory {
+                name: name.to_string(),
+                degraded: Box::new(degraded),
+            });
+    }
+
+    /// The names of the advisory conditions that hold now.
+    pub fn degraded(&self) -> Vec<String> {
+        self.advisories
+            .lock()
+            .expect("readiness lock")
+            .iter()
+            .filter(|a| (a.degraded)())
+            .map(|a| a.name.clone())
+            .collect()
+    }
+
     /// The names of the gates still closed; empty means ready.
     pub fn waiting_for(&self) -> Vec<String> {
         self.gates
@@ -84,8 +116,14 @@ pub fn router(registry: Arc<Registry>, readiness: Readiness) -> Router {
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     let waiting = state.readiness.waiting_for();
-    if waiting.is_empty() {
+    let degraded = state.readiness.degraded();
+    if waiting.is_empty() && degraded.is_empty() {
         (StatusCode::OK, "ok".to_string())
+    } else if waiting.is_empty() {
+        (
+            StatusCode::OK,
+            format!("ok (degraded: {})", degraded.join(", ")),
+        )
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -139,5 +177,37 @@ mod tests {
         assert!(readiness.waiting_for().is_empty());
         cache.close();
         assert_eq!(readiness.waiting_for(), vec!["namespace cache"]);
+    }
+
+    #[tokio::test]
+    async fn an_advisory_condition_is_reported_but_does_not_gate() {
+        let readiness = Readiness::default();
+        let failing = Arc::new(AtomicBool::new(false));
+        let flag = failing.clone();
+        readiness.advisory("sqs receive", move || flag.load(Ordering::Relaxed));
+        let state = || AdminState {
+            registry: Arc::new(Registry::default()),
+            readiness: readiness.clone(),
+        };
+        let body = |r: axum::response::Response| async move {
+            let status = r.status();
+            let bytes = axum::body::to_bytes(r.into_body(), 1024).await.unwrap();
+            (status, String::from_utf8(bytes.to_vec()).unwrap())
+        };
+        let ok = body(readyz(State(state())).await.into_response()).await;
+        assert_eq!(ok, (StatusCode::OK, "ok".to_string()));
+        failing.store(true, Ordering::Relaxed);
+        assert_eq!(readiness.degraded(), vec!["sqs receive"]);
+        let degraded = body(readyz(State(state())).await.into_response()).await;
+        assert_eq!(
+            degraded,
+            (StatusCode::OK, "ok (degraded: sqs receive)".to_string())
+        );
+        let gate = readiness.gate("nodes index");
+        let waiting = body(readyz(State(state())).await.into_response()).await;
+        assert_eq!(waiting.0, StatusCode::SERVICE_UNAVAILABLE);
+        gate.open();
+        failing.store(false, Ordering::Relaxed);
+        assert!(readiness.degraded().is_empty());
     }
 }

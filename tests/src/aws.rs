@@ -58,6 +58,25 @@ pub enum HoldAt {
     Answer,
 }
 
+/// What [`Moto::fault`] makes the calls answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// HTTP 503 `ServiceUnavailable`, moto never sees the call: an endpoint outage.
+    Unavailable,
+    /// HTTP 400 with the service's throttling shape (SQS `RequestThrottled`).
+    Throttle,
+}
+
+/// The SQS calls of a consumer (the controller's intake): what an SQS fault hits, while
+/// the test's own SendMessage / GetQueueAttributes still work.
+pub const SQS_CONSUMER_ACTIONS: &[&str] = &[
+    "ReceiveMessage",
+    "DeleteMessage",
+    "DeleteMessageBatch",
+    "ChangeMessageVisibility",
+    "ChangeMessageVisibilityBatch",
+];
+
 /// The EventBridge events spotkube's controller consumes (templates in the fixtures).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
@@ -414,6 +433,37 @@ impl Moto {
             .ok()
             .and_then(|v| v["count"].as_u64())
             .ok_or_else(|| aws_err("calls", format!("unexpected answer {text}")))
+    }
+
+    /// Every call of `actions` fails as `fault` says for `length` from now (see
+    /// `moto_server.py`, switch 8); faulted calls are also counted as `faulted:<action>`
+    /// in [`Moto::calls`]. Per moto process: use a private [`Moto::start`].
+    pub async fn fault(
+        &self,
+        actions: &[&str],
+        fault: Fault,
+        length: Duration,
+    ) -> Result<(), RigError> {
+        let mode = match fault {
+            Fault::Unavailable => "unavailable",
+            Fault::Throttle => "throttle",
+        };
+        self.post(
+            "/spotkube/fault",
+            json!({ "actions": actions, "mode": mode, "seconds": length.as_secs_f64() }),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Ends every [`Moto::fault`] now.
+    pub async fn clear_faults(&self) -> Result<(), RigError> {
+        reqwest::Client::new()
+            .delete(format!("{}/spotkube/fault", self.endpoint))
+            .send()
+            .await
+            .map_err(|e| aws_err("clear faults", e))?;
+        Ok(())
     }
 
     /// Holds the next call of the SQS (or other JSON-protocol) `action`: at

@@ -475,6 +475,51 @@ impl ControlPlane {
         self.push(process);
     }
 
+    /// Restarts kube-apiserver as it runs now (same etcd, port, certificates and flags,
+    /// read back from its command line): SIGTERM (SIGKILL after 10 s), `down` without
+    /// it, then the same command again; returns once it is ready. Every client sees
+    /// the outage: use a private [`crate::Cluster::start`].
+    pub async fn restart_apiserver(&self, down: Duration) -> Result<(), RigError> {
+        let name = "kube-apiserver";
+        let mut old = {
+            let mut processes = self.processes.lock().unwrap_or_else(|p| p.into_inner());
+            let index = processes
+                .iter()
+                .position(|p| p.name() == name)
+                .ok_or_else(|| RigError::Spawn {
+                    name: name.into(),
+                    reason: "not running".into(),
+                })?;
+            processes.remove(index)
+        };
+        let pid = old.pid().ok_or_else(|| RigError::Spawn {
+            name: name.into(),
+            reason: "already stopped".into(),
+        })?;
+        let cmdline_path = PathBuf::from(format!("/proc/{pid}/cmdline"));
+        let cmdline = std::fs::read(&cmdline_path).map_err(|e| RigError::io(&cmdline_path, e))?;
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .skip(1)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        tokio::task::spawn_blocking(move || old.stop(Duration::from_secs(10)))
+            .await
+            .map_err(|e| RigError::Spawn {
+                name: name.into(),
+                reason: format!("stopping: {e}"),
+            })?;
+        tokio::time::sleep(down).await;
+        let apiserver = Managed::spawn(
+            Spec::new(name, &self.tools.kube_apiserver).args(args),
+            &self.log_dir,
+        )?;
+        self.push(apiserver);
+        self.wait_ready(name, &format!("{}/readyz", self.server), true)
+            .await
+    }
+
     /// Every log file of the control plane's processes.
     pub fn log_files(&self) -> Vec<PathBuf> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(&self.log_dir)

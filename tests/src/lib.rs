@@ -20,6 +20,7 @@ pub mod certs;
 pub mod cluster;
 pub mod control_plane;
 pub mod identity;
+pub mod faults;
 pub mod kwok;
 pub mod nodes;
 pub mod ports;

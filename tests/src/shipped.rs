@@ -248,6 +248,8 @@ pub async fn start_controller(
     let mut overrides = moto.env();
     overrides.push(("KUBECONFIG".into(), kubeconfig.display().to_string()));
     overrides.push(("SPOTKUBE_QUEUE_URL".into(), queue_url.into()));
+    // The in-cluster extender Service does not exist here: a loopback port that refuses.
+    overrides.push(("SPOTKUBE_EXTENDER_URL".into(), "http://127.0.0.1:9".into()));
     overrides.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let controller = cluster
         .start_controller(container.options(&overrides))

@@ -9,8 +9,9 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
 use spotkube_rig::programs::{FailurePolicy, ProgramOptions};
 use spotkube_rig::{
@@ -271,7 +272,8 @@ async fn drain(cluster: &Cluster, test: &TestNamespace) -> anyhow::Result<()> {
 }
 
 /// spotkube ships `failurePolicy: Ignore`: with the webhook down, pods are still
-/// created, unmutated, and the API server counts each one it let through.
+/// created, unmutated, and the API server counts each one it let through; once a webhook
+/// answers again (a new process, re-registered at its address), mutation resumes.
 #[tokio::test]
 async fn webhook_down_with_failure_policy_ignore_admits_pods_unmutated_and_counted()
 -> anyhow::Result<()> {
@@ -327,5 +329,36 @@ async fn ignored(cluster: &Cluster, test: &TestNamespace) -> anyhow::Result<()> 
     }
     let after = sample(&cluster.apiserver_metrics().await?, &series);
     assert_eq!(after, Some(before + 2.0), "{series}");
+
+    // Back: pods are mutated again (once the API server sees the new registration),
+    // and nothing more fails open.
+    let webhook = cluster.start_webhook(ProgramOptions::default()).await?;
+    let config = format!("spotkube-{}", test.name);
+    Api::<MutatingWebhookConfiguration>::all(test.client.clone())
+        .delete(&config, &DeleteParams::default())
+        .await?;
+    cluster
+        .register_webhook_with(&config, &webhook, &test.name, FailurePolicy::Ignore)
+        .await?;
+    let attempt = std::sync::atomic::AtomicUsize::new(0);
+    spotkube_rig::wait_for(
+        "mutation resumed once the webhook is back",
+        Duration::from_secs(30),
+        || async {
+            let n = attempt.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let pod = bare_pod(&format!("webhook-back-{n}"))
+                .map_err(|e| spotkube_rig::RigError::Kube(e.to_string()))?;
+            let back = pods.create(&PostParams::default(), &pod).await?;
+            let mutated = back
+                .metadata
+                .annotations
+                .unwrap_or_default()
+                .contains_key("spotkube.io/mutated-by");
+            Ok(mutated.then_some(()))
+        },
+    )
+    .await?;
+    let last = sample(&cluster.apiserver_metrics().await?, &series);
+    assert_eq!(last, after, "{series}");
     Ok(())
 }

@@ -63,6 +63,18 @@ Runs moto's own WSGI app in-process and adds, without touching moto's files:
    document serves that instead; `DELETE /spotkube/spot-advisor` makes the feed answer
    503 (an outage) until the next POST or reset.
 
+8. Timed fault switch, for outages and throttling storms of a stated length.
+   `POST /spotkube/fault` {"actions": ["ReceiveMessage", "DeleteMessage"], "mode":
+   "unavailable" | "throttle", "seconds": 30} makes every call of those actions (the
+   X-Amz-Target suffix for JSON protocols such as SQS, the query `Action=` otherwise)
+   fail for that many seconds from now, without reaching moto: `unavailable` answers
+   HTTP 503 `ServiceUnavailable`, `throttle` HTTP 400 with the service's throttling shape
+   (SQS: `{"__type": "com.amazonaws.sqs#RequestThrottled"}` and `x-amzn-query-error:
+   RequestThrottled;Sender`; other JSON: `ThrottlingException`; EC2 XML:
+   `RequestLimitExceeded`). The calls are counted in `/spotkube/calls` like any other,
+   and the faulted ones also under `faulted:<action>`. `GET /spotkube/fault` answers
+   {"faults": {action: {"mode", "seconds_left"}}}; `DELETE /spotkube/fault` ends them.
+
 `POST /spotkube/reset` restores the seeded prices and the served Spot Advisor feed, and
 clears the ICE switch, the throttles, the holds and the call counters (moto's own
 `POST /moto-api/reset` clears moto's backends, not these overrides).
@@ -77,6 +89,7 @@ import json
 import os
 import sys
 import threading
+import time
 import urllib.parse
 
 from moto.core.responses import ActionResult
@@ -96,7 +109,8 @@ OLD_POINT_FACTOR = 1.10
 LOCK = threading.Lock()
 # spot: (type, az, product) -> [(datetime, price)]; throttle/calls: action -> count
 # advisor: the Spot Advisor feed served now (bytes), None during an outage
-STATE = {"spot": {}, "ice": set(), "throttle": {}, "calls": {}, "armed": {}, "held": [], "advisor": None}
+# faults: action -> (mode, time.monotonic() deadline)
+STATE = {"spot": {}, "ice": set(), "throttle": {}, "calls": {}, "armed": {}, "held": [], "advisor": None, "faults": {}}
 SPOT_ADVISOR_FEED = "spot-advisor-data.json"
 DEFAULT_SPOT_ADVISOR = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..", "testdata", "fixtures", "spot-advisor-sample.json"
@@ -526,6 +540,7 @@ class SpotkubeApp:
             STATE["ice"] = set()
             STATE["throttle"] = {}
             STATE["calls"] = {}
+            STATE["faults"] = {}
         self.release_holds()
 
     def release_holds(self):
@@ -579,6 +594,9 @@ class SpotkubeApp:
         throttled = self.count_call(environ, target)
         if throttled:
             return self.throttle_response(start_response, *throttled)
+        faulted = self.fault_for(environ, target)
+        if faulted:
+            return self.fault_response(start_response, target, *faulted)
         action = target.rsplit(".", 1)[-1] if target else None
         if action and self.armed(action, "request"):
             self.hold(action)
@@ -608,6 +626,50 @@ class SpotkubeApp:
             STATE["throttle"][action] = left - 1
         return protocol, action
 
+    def fault_for(self, environ, target):
+        """(action, mode) when a timed fault covers this call now (and counts it)."""
+        action = target.rsplit(".", 1)[-1] if target else None
+        with LOCK:
+            if not STATE["faults"]:
+                return None
+        if action is None:
+            action = query_action(environ)
+        if not action:
+            return None
+        with LOCK:
+            fault = STATE["faults"].get(action)
+            if fault is None:
+                return None
+            mode, deadline = fault
+            if time.monotonic() >= deadline:
+                del STATE["faults"][action]
+                return None
+            key = f"faulted:{action}"
+            STATE["calls"][key] = STATE["calls"].get(key, 0) + 1
+        return action, mode
+
+    def fault_response(self, start_response, target, action, mode):
+        if mode == "unavailable":
+            if target:
+                return json_response(
+                    start_response,
+                    "503 Service Unavailable",
+                    {"__type": "ServiceUnavailable", "message": "Service is unavailable (spotkube fault switch)"},
+                    "application/x-amz-json-1.0",
+                )
+            body = b"<ErrorResponse><Error><Code>ServiceUnavailable</Code><Message>Service is unavailable</Message></Error></ErrorResponse>"
+            start_response("503 Service Unavailable", [("Content-Type", "text/xml"), ("Content-Length", str(len(body)))])
+            return [body]
+        if target.startswith("AmazonSQS."):
+            body = json.dumps({"__type": "com.amazonaws.sqs#RequestThrottled", "message": "Rate exceeded"}).encode()
+            start_response("400 Bad Request", [
+                ("Content-Type", "application/x-amz-json-1.0"),
+                ("x-amzn-query-error", "RequestThrottled;Sender"),
+                ("Content-Length", str(len(body))),
+            ])
+            return [body]
+        return self.throttle_response(start_response, "json" if target else "query", action)
+
     def throttle_response(self, start_response, protocol, action):
         if protocol == "json":
             return json_response(
@@ -625,6 +687,15 @@ class SpotkubeApp:
         ).encode()
         start_response("400 Bad Request", [("Content-Type", "text/xml"), ("Content-Length", str(len(body)))])
         return [body]
+
+    def faults(self):
+        now = time.monotonic()
+        with LOCK:
+            return {
+                action: {"mode": mode, "seconds_left": round(deadline - now, 3)}
+                for action, (mode, deadline) in STATE["faults"].items()
+                if deadline > now
+            }
 
     def read_json(self, environ):
         length = int(environ.get("CONTENT_LENGTH") or 0)
@@ -684,6 +755,22 @@ class SpotkubeApp:
                 with LOCK:
                     STATE["throttle"] = {}
                 return json_response(start_response, "200 OK", {"throttle": {}})
+            if path == "/spotkube/fault" and method == "POST":
+                body = self.read_json(environ)
+                mode, seconds = str(body.get("mode", "unavailable")), float(body["seconds"])
+                if mode not in ("unavailable", "throttle"):
+                    raise ValueError(f"mode must be unavailable or throttle, not {mode}")
+                deadline = time.monotonic() + seconds
+                with LOCK:
+                    for action in body["actions"]:
+                        STATE["faults"][str(action)] = (mode, deadline)
+                return json_response(start_response, "200 OK", {"faults": self.faults()})
+            if path == "/spotkube/fault" and method == "GET":
+                return json_response(start_response, "200 OK", {"faults": self.faults()})
+            if path == "/spotkube/fault" and method == "DELETE":
+                with LOCK:
+                    STATE["faults"] = {}
+                return json_response(start_response, "200 OK", {"faults": {}})
             if path == "/spotkube/hold" and method == "POST":
                 body = self.read_json(environ)
                 action, at = str(body["action"]), str(body.get("at", "request"))

@@ -13,7 +13,7 @@ mod surge;
 
 pub use drain::drain;
 pub use interruption::{Planning, decide, due_marks, node_marks, workloads};
-pub use scale_back::{ScaleBack, scale_back};
+pub use scale_back::{ScaleBack, SurgeNode, scale_back};
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;

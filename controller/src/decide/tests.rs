@@ -597,13 +597,45 @@ fn scale_back_only_when_due_and_untouched() {
     let until: Timestamp = "2026-11-20T10:20:00Z".parse().unwrap();
     let before: Timestamp = "2026-11-20T10:19:59Z".parse().unwrap();
     let after: Timestamp = "2026-11-20T10:20:01Z".parse().unwrap();
-    assert_eq!(scale_back(1, until, 2, before), ScaleBack::Wait);
+    let cleared = SurgeNode::Cleared;
+    assert_eq!(scale_back(1, until, 2, before, cleared), ScaleBack::Wait);
     assert_eq!(
-        scale_back(1, until, 2, after),
+        scale_back(1, until, 2, after, cleared),
         ScaleBack::ScaleTo { replicas: 1 }
     );
-    assert_eq!(scale_back(1, until, 5, after), ScaleBack::Forget);
-    assert_eq!(scale_back(1, until, 1, after), ScaleBack::Forget);
+    assert_eq!(scale_back(1, until, 5, after, cleared), ScaleBack::Forget);
+    assert_eq!(scale_back(1, until, 1, after, cleared), ScaleBack::Forget);
+}
+
+/// Found by the fault tests: a hold shorter than the node's remaining life scaled back
+/// while the old pod still ran on the marked node (and, ending at once on the node's
+/// deletion, while the old pod object was still bound to it), and the ReplicaSet
+/// controller deleted the newest pod, the replacement.
+#[test]
+fn a_surge_is_kept_while_a_pod_is_on_its_node_and_ends_when_node_and_pods_are_gone() {
+    let until: Timestamp = "2026-11-20T10:20:00Z".parse().unwrap();
+    let before: Timestamp = "2026-11-20T10:19:59Z".parse().unwrap();
+    let after: Timestamp = "2026-11-20T10:20:01Z".parse().unwrap();
+    assert_eq!(
+        scale_back(1, until, 2, after, SurgeNode::Holding),
+        ScaleBack::Wait
+    );
+    assert_eq!(
+        scale_back(1, until, 2, before, SurgeNode::Marked),
+        ScaleBack::Wait
+    );
+    assert_eq!(
+        scale_back(1, until, 2, after, SurgeNode::Marked),
+        ScaleBack::ScaleTo { replicas: 1 }
+    );
+    assert_eq!(
+        scale_back(1, until, 2, before, SurgeNode::Gone),
+        ScaleBack::ScaleTo { replicas: 1 }
+    );
+    assert_eq!(
+        scale_back(1, until, 3, before, SurgeNode::Gone),
+        ScaleBack::Forget
+    );
 }
 
 #[test]

@@ -9,8 +9,10 @@
 //! - [`namespace_labels`]: mirror the opt-in annotation to the label the webhook selects.
 //! - [`savings`]: compute what opted-in workloads cost and export it as metrics.
 //! - [`external_signals`]: act on what Karpenter, NTH or Cluster Autoscaler do to a Node.
+//! - [`extender_health`]: count pods scheduled while the extender is down (no prices).
 
 pub mod drain;
+pub mod extender_health;
 pub mod external_signals;
 pub mod namespace_labels;
 pub mod ranking;

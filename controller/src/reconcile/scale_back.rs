@@ -1,6 +1,6 @@
 //! The scale-back reconcile: every Deployment labelled `spotkube.io/surging` whose
-//! hold (`spotkube.io/surge-until`) is over, or whose Node (`spotkube.io/surge-node`)
-//! is gone, is scaled back (or, when someone changed its replicas meanwhile, only
+//! hold (`spotkube.io/surge-until`) is over and whose Node (`spotkube.io/surge-node`) no
+//! longer carries spotkube's notice, or whose Node is gone, is scaled back (or, when someone changed its replicas meanwhile, only
 //! forgotten). Ending a surge once its Node is gone keeps a node autoscaler
 //! (Karpenter, Cluster Autoscaler) from keeping capacity, or launching more, for a
 //! replica nobody asked for.
@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams};
+use kube::core::{Selector, SelectorExt};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use spotkube_shared::admin::Readiness;
@@ -25,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::act::{Actor, end_surge};
-use crate::decide::{self, ScaleBack};
+use crate::decide::{self, ScaleBack, SurgeNode};
 use crate::error::{KubeResultExt, Result};
 use crate::surging::SurgingDeployments;
 
@@ -41,16 +43,25 @@ pub async fn scale_back_once(actor: &Actor, surging: &[Deployment], now: Timesta
             .and_then(|v| v.parse::<i32>().ok())
             .zip(a.get(SURGE_UNTIL).and_then(|v| v.parse::<Timestamp>().ok()));
         let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-        // The Node the surge was for is gone: the surge has done its job. (The index is
-        // synced before the leader acts.)
-        let node_gone = a
-            .get(SURGE_NODE)
-            .is_some_and(|node| !actor.ctx.nodes.exists(node));
-        let decision = match record {
-            Some((from, until)) if node_gone => {
-                decide::scale_back(from, until.min(now), replicas, now)
+        // Where the Node the surge was for stands. (The index is synced before the
+        // leader acts.)
+        let node = match a.get(SURGE_NODE) {
+            Some(node) if record.is_some() => {
+                let gone = !actor.ctx.nodes.exists(node);
+                if !gone && !actor.ctx.nodes.is_marked(node) {
+                    SurgeNode::Cleared
+                } else if pods_on(actor, d, node).await? > 0 {
+                    SurgeNode::Holding
+                } else if gone {
+                    SurgeNode::Gone
+                } else {
+                    SurgeNode::Marked
+                }
             }
-            Some((from, until)) => decide::scale_back(from, until, replicas, now),
+            _ => SurgeNode::Cleared,
+        };
+        let decision = match record {
+            Some((from, until)) => decide::scale_back(from, until, replicas, now, node),
             None => ScaleBack::DropLabel,
         };
         let span = tracing::info_span!(
@@ -65,6 +76,28 @@ pub async fn scale_back_once(actor: &Actor, surging: &[Deployment], now: Timesta
         result?;
     }
     Ok(())
+}
+
+/// Pods of Deployment `d` still bound to Node `node`: one LIST of the namespace's pods
+/// on that Node, only for a surge whose Node is marked or gone.
+async fn pods_on(actor: &Actor, d: &Deployment, node: &str) -> Result<usize> {
+    let namespace = d.namespace().unwrap_or_default();
+    let Some(selector) = d
+        .spec
+        .as_ref()
+        .and_then(|s| Selector::try_from(s.selector.clone()).ok())
+    else {
+        return Ok(0);
+    };
+    let pods = Api::<Pod>::namespaced(actor.ctx.client.clone(), &namespace)
+        .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
+        .await
+        .kube("list", format_args!("pods/{namespace} on node/{node}"))?;
+    Ok(pods
+        .items
+        .iter()
+        .filter(|p| selector.matches(p.labels()))
+        .count())
 }
 
 /// Labels every Deployment that carries `surge-from` but not the surging label (surged
