@@ -16,8 +16,8 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec}
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
-use kube::runtime::events::EventType;
 use kube::core::{Selector, SelectorExt};
+use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 
 use super::Actor;
