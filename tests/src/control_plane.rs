@@ -325,7 +325,7 @@ impl ControlPlane {
         )?;
         plane.push(cm);
 
-        let scheduler = plane.spawn_scheduler("kube-scheduler", "default-scheduler", &[])?;
+        let scheduler = plane.spawn_scheduler("kube-scheduler", "default-scheduler", &[], None)?;
         let scheduler_port = scheduler.1;
         plane.push(scheduler.0);
 
@@ -355,13 +355,15 @@ impl ControlPlane {
             .push(process);
     }
 
-    /// Starts a kube-scheduler with one profile `scheduler_name` calling `extenders`.
-    /// Returns the process and its secure (healthz) port.
+    /// Starts a kube-scheduler with one profile `scheduler_name` calling `extenders`;
+    /// `client_qps` sets its API client's QPS and burst (default: kube-scheduler's own,
+    /// 50 / 100). Returns the process and its secure (healthz) port.
     fn spawn_scheduler(
         &self,
         process_name: &str,
         scheduler_name: &str,
         extenders: &[ExtenderConfig],
+        client_qps: Option<u32>,
     ) -> Result<(Managed, u16), RigError> {
         let kubeconfig = self.dir.join("scheduler.kubeconfig");
         if !kubeconfig.exists() {
@@ -372,10 +374,15 @@ impl ControlPlane {
                 &self.pki.scheduler,
             )?;
         }
+        let mut client_connection = json!({ "kubeconfig": kubeconfig });
+        if let Some(qps) = client_qps {
+            client_connection["qps"] = json!(qps);
+            client_connection["burst"] = json!(qps);
+        }
         let config = json!({
             "apiVersion": "kubescheduler.config.k8s.io/v1",
             "kind": "KubeSchedulerConfiguration",
-            "clientConnection": { "kubeconfig": kubeconfig },
+            "clientConnection": client_connection,
             // One instance per profile: no lease needed, and no waiting for one.
             "leaderElection": { "leaderElect": false },
             "profiles": [{ "schedulerName": scheduler_name }],
@@ -396,6 +403,10 @@ impl ControlPlane {
                 "--bind-address=127.0.0.1".into(),
                 format!("--secure-port={port}"),
                 format!("--cert-dir={}", self.pki.dir.join(process_name).display()),
+                // /metrics without a SubjectAccessReview: right after the start the
+                // client CA is not loaded yet, and benchmarks scrape from the first
+                // moment (loopback only).
+                "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics".into(),
             ]),
             &self.log_dir,
         )?;
@@ -410,10 +421,27 @@ impl ControlPlane {
         scheduler_name: &str,
         extenders: &[ExtenderConfig],
     ) -> Result<Managed, RigError> {
+        Ok(self
+            .start_scheduler_with_port(scheduler_name, extenders, None)
+            .await?
+            .0)
+    }
+
+    /// [`ControlPlane::start_scheduler`], also returning the scheduler's secure port
+    /// (its `/metrics`, read with [`ControlPlane::component_metrics`]). `client_qps`
+    /// raises the API client's QPS and burst (kube-scheduler's default of 50 caps
+    /// binding at about 50 pods/s, which a throughput benchmark must not measure).
+    pub async fn start_scheduler_with_port(
+        &self,
+        scheduler_name: &str,
+        extenders: &[ExtenderConfig],
+        client_qps: Option<u32>,
+    ) -> Result<(Managed, u16), RigError> {
         let (process, port) = self.spawn_scheduler(
             &format!("kube-scheduler-{scheduler_name}"),
             scheduler_name,
             extenders,
+            client_qps,
         )?;
         self.wait_ready(
             process.name(),
@@ -421,7 +449,46 @@ impl ControlPlane {
             false,
         )
         .await?;
-        Ok(process)
+        Ok((process, port))
+    }
+
+    /// An HTTPS client presenting the admin certificate (`system:masters`), which the
+    /// components' secure ports authenticate (client CA) and authorize (a
+    /// SubjectAccessReview). Their self-signed serving certificates are not verified.
+    pub fn admin_https_client(&self) -> Result<reqwest::Client, RigError> {
+        let http_err = |e: reqwest::Error| RigError::Http(e.to_string());
+        let admin = &self.pki.admin;
+        let identity =
+            reqwest::Identity::from_pem(format!("{}{}", admin.cert_pem, admin.key_pem).as_bytes())
+                .map_err(http_err)?;
+        reqwest::Client::builder()
+            .use_rustls_tls()
+            .danger_accept_invalid_certs(true)
+            .identity(identity)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(http_err)
+    }
+
+    /// `/metrics` (Prometheus text) of a component's secure port on 127.0.0.1 (e.g. a
+    /// scheduler of [`ControlPlane::start_scheduler_with_port`]), with `client` from
+    /// [`ControlPlane::admin_https_client`].
+    pub async fn component_metrics(
+        &self,
+        client: &reqwest::Client,
+        port: u16,
+    ) -> Result<String, RigError> {
+        let http_err = |e: reqwest::Error| RigError::Http(e.to_string());
+        client
+            .get(format!("https://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+            .map_err(http_err)?
+            .error_for_status()
+            .map_err(http_err)?
+            .text()
+            .await
+            .map_err(http_err)
     }
 
     /// Polls `url` until it answers 200. `verify` checks the cluster CA; components'
