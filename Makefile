@@ -53,15 +53,41 @@ bench-webhook:
 bench-extender:
 	$(CARGO) bench -p spotkube-extender --bench load
 
-bench-controller: tools build
+bench-controller: tools build bench-build
 	SPOTKUBE_BENCH_OUT=/dev/stdout SPOTKUBE_BENCH_RUNS=20 \
 	  $(CARGO) test -p spotkube-tests --test e2e_controller_series -- --nocapture
 	SPOTKUBE_SCALE_NODES=1000 SPOTKUBE_SCALE_PODS=10000 SPOTKUBE_BENCH_OUT=/dev/stdout \
 	  $(CARGO) test -p spotkube-tests --test e2e_controller_scale -- --nocapture
+	SPOTKUBE_PROGRAMS_PROFILE=release SPOTKUBE_BENCH_NODES=5000 SPOTKUBE_BENCH_PODS=50000 \
+	  SPOTKUBE_BENCH_WARNINGS=200 SPOTKUBE_BENCH_OUT=/dev/stdout \
+	  $(CARGO) test -p spotkube-tests --test bench_controller_5k -- --ignored --nocapture
 
 bench-api-load: tools build
 	SPOTKUBE_BENCH_DEPLOYMENTS=5000 SPOTKUBE_BENCH_WINDOW=60 SPOTKUBE_BENCH_OUT=/dev/stdout \
 	  $(CARGO) test -p spotkube-tests --test e2e_api_load -- --nocapture
+
+## Issue 13: the rig's real kube-apiserver and kube-scheduler with release builds of
+## spotkube's programs (SPOTKUBE_PROGRAMS_PROFILE=release). Figures in BENCHMARKS.md.
+.PHONY: bench-build bench-scheduler bench-admission
+bench-build:
+	$(CARGO) build --release -p spotkube-webhook -p spotkube-extender -p spotkube-controller --bins
+
+## kube-scheduler throughput, plain profile vs spotkube's extender as shipped (and
+## without filterVerb), alternating, 3 rounds; 500 then 5,000 kwok nodes.
+bench-scheduler: tools bench-build
+	SPOTKUBE_PROGRAMS_PROFILE=release SPOTKUBE_BENCH_NODES=500 SPOTKUBE_BENCH_PODS=2000 \
+	  SPOTKUBE_BENCH_ROUNDS=3 SPOTKUBE_BENCH_FILTER=0 SPOTKUBE_BENCH_OUT=/dev/stdout \
+	  $(CARGO) test -p spotkube-tests --test bench_scheduler -- --ignored --nocapture
+	SPOTKUBE_PROGRAMS_PROFILE=release SPOTKUBE_BENCH_NODES=5000 SPOTKUBE_BENCH_PODS=2000 \
+	  SPOTKUBE_BENCH_ROUNDS=3 SPOTKUBE_BENCH_FILTER=0 SPOTKUBE_BENCH_OUT=/dev/stdout \
+	  $(CARGO) test -p spotkube-tests --test bench_scheduler -- --ignored --nocapture
+
+## Pod CREATE latency through kube-apiserver: no webhook call / webhook called without
+## a patch / webhook mutating, 500 creates each in alternating blocks of 50.
+bench-admission: tools bench-build
+	SPOTKUBE_PROGRAMS_PROFILE=release SPOTKUBE_BENCH_CREATES=500 SPOTKUBE_BENCH_BLOCK=50 \
+	  SPOTKUBE_BENCH_OUT=/dev/stdout \
+	  $(CARGO) test -p spotkube-tests --test bench_admission -- --ignored --nocapture
 
 ## Fuzz targets (proptest, */tests/fuzz_*.rs) at the full count, release build: 10^6
 ## inputs per property, each prints its count, time and seed (figures in BENCHMARKS.md,

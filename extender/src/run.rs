@@ -12,7 +12,7 @@ use spotkube_shared::tls::ReloadingCert;
 use crate::cache::Cluster;
 use crate::config::Args;
 use crate::metrics::Metrics;
-use crate::server::{AppState, router};
+use crate::server::{AppState, router, serve};
 use crate::watch;
 
 /// Runs the extender until SIGTERM: watches, API (TLS when configured) and admin port.
@@ -69,24 +69,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         telemetry::shutdown_signal().await;
         shutdown.graceful_shutdown(Some(Duration::from_secs(10)));
     });
-    match tls {
+    let listener = std::net::TcpListener::bind(args.listen)?;
+    let _watch = match tls {
         Some(reloading) => {
             // Reloads on Secret updates (the `..data` symlink swap) without a restart.
-            let _watch = reloading.watch(args.tls_recheck)?;
+            let watch = reloading.watch(args.tls_recheck)?;
             tracing::info!(addr = %args.listen, "extender listening (TLS)");
-            axum_server::bind_rustls(args.listen, reloading.axum_config())
-                .handle(handle)
-                .serve(app.into_make_service())
-                .await?;
+            serve(listener, Some(reloading.axum_config()), app, handle).await?;
+            Some(watch)
         }
         None => {
             tracing::info!(addr = %args.listen, "extender listening (plain HTTP)");
-            axum_server::bind(args.listen)
-                .handle(handle)
-                .serve(app.into_make_service())
-                .await?;
+            serve(listener, None, app, handle).await?;
+            None
         }
-    }
+    };
     admin.await??;
     Ok(())
 }

@@ -11,6 +11,9 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum_server::Handle;
+use axum_server::accept::NoDelayAcceptor;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::Semaphore;
 use tracing::field::Empty;
@@ -73,6 +76,35 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         .route_layer(middleware::from_fn_with_state(in_flight, limit_in_flight))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .with_state(Arc::new(state))
+}
+
+/// Serves `app` on an already bound listener (HTTPS with `tls`, else plain HTTP) until
+/// `handle` is told to shut down. HTTP/1.1 keep-alive (kube-scheduler reuses its
+/// connection to an extender), and `TCP_NODELAY` on every accepted socket:
+/// axum-server's default acceptor leaves Nagle on, and a reply written in more than
+/// one segment would then wait for the scheduler's delayed ACK.
+pub async fn serve(
+    listener: std::net::TcpListener,
+    tls: Option<RustlsConfig>,
+    app: Router,
+    handle: Handle<std::net::SocketAddr>,
+) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let server = axum_server::from_tcp(listener)?.handle(handle);
+    match tls {
+        Some(tls) => {
+            server
+                .acceptor(RustlsAcceptor::new(tls).acceptor(NoDelayAcceptor::new()))
+                .serve(app.into_make_service())
+                .await
+        }
+        None => {
+            server
+                .acceptor(NoDelayAcceptor::new())
+                .serve(app.into_make_service())
+                .await
+        }
+    }
 }
 
 #[derive(Clone)]

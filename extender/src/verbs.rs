@@ -292,16 +292,42 @@ pub fn filter(cluster: &Cluster, body: &[u8]) -> Answer {
     Ok((bytes, outcome))
 }
 
-#[derive(Serialize)]
-struct HostPriorityOut<'a> {
-    #[serde(rename = "Host")]
-    host: Cow<'a, str>,
-    #[serde(rename = "Score")]
-    score: i64,
+/// Appends `s` as a JSON string. A name with nothing to escape (every node name: a DNS
+/// subdomain) is copied as is; anything else goes through serde_json.
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(&mut *out, s).expect("a str serializes");
+    }
+}
+
+/// Appends one `{"Host":…,"Score":…}` entry of a `HostPriorityList`.
+fn push_priority(out: &mut Vec<u8>, first: bool, host: &str, score: i64) {
+    use std::io::Write as _;
+    if !first {
+        out.push(b',');
+    }
+    out.extend_from_slice(b"{\"Host\":");
+    push_json_str(out, host);
+    out.extend_from_slice(b",\"Score\":");
+    match u8::try_from(score) {
+        // Scores are 0..=10: one or two digits, no formatting machinery.
+        Ok(n @ 0..=9) => out.push(b'0' + n),
+        _ => write!(out, "{score}").expect("writing to a Vec"),
+    }
+    out.push(b'}');
 }
 
 /// `POST /prioritize`. Unknown names score 0 (prioritize cannot fail a node; filter
 /// already reported them). Without a ranking every known node scores neutral.
+///
+/// Names mode reads each score from the precomputed per-node table (one lookup per
+/// name) and writes the `HostPriorityList` straight into the reply buffer: no
+/// intermediate list, no per-entry allocation.
 pub fn prioritize(cluster: &Cluster, body: &[u8]) -> Answer {
     let (_pod, candidates) = parse::<NodeLite>(body)?;
     let view = cluster.view();
@@ -309,35 +335,63 @@ pub fn prioritize(cluster: &Cluster, body: &[u8]) -> Answer {
         no_ranking: !view.index().is_present(),
         ..Outcome::default()
     };
-    let scores: Vec<HostPriorityOut> = match candidates {
-        Candidates::Names(ref names) => names
-            .iter()
-            .map(|name| HostPriorityOut {
-                host: Cow::Borrowed(name.as_ref()),
-                score: match view.node(name) {
+    let mut bytes;
+    match candidates {
+        Candidates::Names(ref names) => {
+            // ~40 bytes per entry: one allocation for the whole answer.
+            bytes = Vec::with_capacity(names.len() * 48 + 2);
+            bytes.push(b'[');
+            for (i, name) in names.iter().enumerate() {
+                let score = match view.node(name) {
                     Some(cached) => cached.score,
                     None => {
                         outcome.unknown += 1;
                         0
                     }
-                },
-            })
-            .collect(),
-        Candidates::Nodes(nodes) => nodes
-            .into_iter()
-            .map(|lite| {
+                };
+                push_priority(&mut bytes, i == 0, name, score);
+            }
+            outcome.nodes = names.len();
+        }
+        Candidates::Nodes(nodes) => {
+            bytes = Vec::with_capacity(nodes.len() * 48 + 2);
+            bytes.push(b'[');
+            outcome.nodes = nodes.len();
+            for (i, lite) in nodes.into_iter().enumerate() {
                 let node = lite.into_node();
                 let score = view.index().score(&cluster.facts(&node));
-                HostPriorityOut {
-                    host: Cow::Owned(node.metadata.name.unwrap_or_default()),
-                    score,
-                }
-            })
-            .collect(),
-    };
-    outcome.nodes = scores.len();
-    // ~40 bytes per entry: one allocation for the whole answer.
-    let mut bytes = Vec::with_capacity(scores.len() * 48 + 2);
-    serde_json::to_writer(&mut bytes, &scores).expect("priorities serialize");
+                let host = node.metadata.name.as_deref().unwrap_or_default();
+                push_priority(&mut bytes, i == 0, host, score);
+            }
+        }
+    }
+    bytes.push(b']');
     Ok((bytes, outcome))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spotkube_shared::extender_api::HostPriority;
+
+    #[test]
+    fn the_hand_written_priority_list_is_the_json_serde_writes() {
+        let entries = [
+            ("ip-10-0-1-2.ec2.internal", 10),
+            ("needs \"escaping\" \\ \u{1}", 0),
+            ("ünïcode", 7),
+            ("", -3),
+            ("x", 1234),
+        ];
+        let mut out = vec![b'['];
+        for (i, (host, score)) in entries.iter().enumerate() {
+            push_priority(&mut out, i == 0, host, *score);
+        }
+        out.push(b']');
+        let parsed: Vec<HostPriority> = serde_json::from_slice(&out).unwrap();
+        assert_eq!(parsed.len(), entries.len());
+        for (p, (host, score)) in parsed.iter().zip(entries) {
+            assert_eq!((p.host.as_str(), p.score), (host, score));
+        }
+    }
 }

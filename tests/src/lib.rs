@@ -16,6 +16,7 @@
 //! the kernel if the test binary is killed (see [`process`]).
 
 pub mod aws;
+pub mod bench;
 pub mod certs;
 pub mod cluster;
 pub mod control_plane;

@@ -84,10 +84,21 @@ pub fn crds_dir() -> PathBuf {
     )
 }
 
-/// `$CARGO_TARGET_DIR/debug/<name>` (default `<workspace>/target/debug/<name>`).
+/// `$CARGO_TARGET_DIR/<profile>/<name>` (default `<workspace>/target/debug/<name>`).
+/// The profile is `$SPOTKUBE_PROGRAMS_PROFILE` (`debug` unless set; benchmarks set
+/// `release` after `cargo build --release --workspace --bins`).
 pub fn program_binary(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"));
-    target.join("debug").join(name)
+    target.join(programs_profile()).join(name)
+}
+
+/// The cargo profile directory spotkube's programs are run from:
+/// `$SPOTKUBE_PROGRAMS_PROFILE`, default `debug`.
+pub fn programs_profile() -> String {
+    std::env::var("SPOTKUBE_PROGRAMS_PROFILE")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "debug".into())
 }

@@ -6,7 +6,8 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::post;
 use axum_server::Handle;
-use axum_server::tls_rustls::RustlsConfig;
+use axum_server::accept::NoDelayAcceptor;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 
 use crate::admission::{self, AdmissionState};
 
@@ -23,6 +24,11 @@ pub fn router(state: Arc<AdmissionState>, max_body_bytes: usize) -> Router {
 
 /// Serves `router` over TLS on an already bound listener until `handle` is told to
 /// shut down (graceful: in-flight requests finish).
+///
+/// Accepted sockets get `TCP_NODELAY` (axum-server's default acceptor leaves Nagle on):
+/// with Nagle, a response written in more than one segment can wait for the client's
+/// delayed ACK, a 40 ms stall on Linux that showed as the tail of pod CREATE latency
+/// through kube-apiserver (BENCHMARKS.md, "Admission").
 pub async fn serve(
     listener: std::net::TcpListener,
     tls: RustlsConfig,
@@ -30,7 +36,9 @@ pub async fn serve(
     handle: Handle<std::net::SocketAddr>,
 ) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
-    axum_server::from_tcp_rustls(listener, tls)?
+    let acceptor = RustlsAcceptor::new(tls).acceptor(NoDelayAcceptor::new());
+    axum_server::from_tcp(listener)?
+        .acceptor(acceptor)
         .handle(handle)
         .serve(router.into_make_service())
         .await
