@@ -101,8 +101,8 @@ fuzz:
 
 ## Issue 14's fault matrix at the full counts (figures in BENCHMARKS.md, "Reliability").
 ## `make test` runs the same tests once per row (SPOTKUBE_FAULT_RUNS=1, 20 mass nodes).
-## Controller rows: leader SIGKILLed at each step x 20 runs with a standby taking over
-## (the before-delete step is #[ignore]d, see BENCHMARKS.md), kube-apiserver restarted
+## Controller rows: leader SIGKILLed at each step x 20 runs with a standby taking over,
+## kube-apiserver restarted
 ## mid-interruption, 200 spot nodes interrupted at once.
 .PHONY: faults
 faults: tools build

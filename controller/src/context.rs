@@ -22,6 +22,10 @@ const MAX_NOTE: usize = 1024;
 #[derive(Clone)]
 pub struct Context {
     pub client: Client,
+    /// The client evictions go through: the same API server without kube-client's
+    /// retries, whose 429 retry (up to 15 times, backoff to minutes) would otherwise hide
+    /// every PodDisruptionBudget refusal inside one call for longer than a spot warning.
+    pub evictions: Client,
     recorder: Arc<Recorder>,
     pub metrics: Metrics,
     /// EC2 instance id → Node, and the Nodes spotkube marked.
@@ -50,6 +54,7 @@ impl Context {
         };
         Context {
             recorder: Arc::new(Recorder::new(client.clone(), reporter)),
+            evictions: client.clone(),
             client,
             metrics,
             nodes,
@@ -58,6 +63,12 @@ impl Context {
             owners: OwnerCache::default(),
             notifier: None,
         }
+    }
+
+    /// Evictions go through `client` (built without kube-client's retries).
+    pub fn with_eviction_client(mut self, client: Client) -> Context {
+        self.evictions = client;
+        self
     }
 
     /// Every Event recorded from now on is also a notification (see [`crate::notify`]).

@@ -39,8 +39,15 @@ pub async fn run(args: RunArgs, admin_listen: SocketAddr) -> Result<()> {
             args.visibility_timeout
         )));
     }
-    let client = kube::Client::try_default()
+    let config = kube::Config::infer()
         .await
+        .map_err(kube::Error::InferConfig)
+        .kube("connect", "the API server (KUBECONFIG or in-cluster)")?;
+    let client = kube::Client::try_from(config.clone())
+        .kube("connect", "the API server (KUBECONFIG or in-cluster)")?;
+    let mut eviction_config = config;
+    eviction_config.default_retry = false;
+    let eviction_client = kube::Client::try_from(eviction_config)
         .kube("connect", "the API server (KUBECONFIG or in-cluster)")?;
     let identity = args.identity.clone().unwrap_or_else(|| {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "spotkube-controller".into());
@@ -100,7 +107,8 @@ pub async fn run(args: RunArgs, admin_listen: SocketAddr) -> Result<()> {
         &crate::aws::sdk_config(args.ranking.region.clone(), args.aws_disable_retries).await,
     );
     let notifications = notify::from_args(&args, metrics.clone())?;
-    let mut ctx = Context::new(client.clone(), Some(identity.clone()), metrics, nodes, sqs);
+    let mut ctx = Context::new(client.clone(), Some(identity.clone()), metrics, nodes, sqs)
+        .with_eviction_client(eviction_client);
     if let Some((notifier, sender)) = notifications {
         ctx = ctx.with_notifier(notifier);
         // Drains what is queued when `stop` comes, after the leader's work has ended.

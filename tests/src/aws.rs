@@ -596,6 +596,57 @@ impl Moto {
         Ok(event)
     }
 
+    /// Builds one event of `kind` per instance and puts them on the queue ten to a
+    /// `SendMessageBatch` call, the calls concurrent: many warnings arriving within the
+    /// same second, as a mass interruption delivers them. Each is still its own message.
+    pub async fn send_events_batched(
+        &self,
+        queue_url: &str,
+        kind: EventKind,
+        instance_ids: &[String],
+        time: jiff::Timestamp,
+    ) -> Result<(), RigError> {
+        use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+        use futures::StreamExt;
+        let sqs = self.sqs().await;
+        let mut batches = Vec::new();
+        for (b, chunk) in instance_ids.chunks(10).enumerate() {
+            let mut entries = Vec::new();
+            for (i, id) in chunk.iter().enumerate() {
+                let entry = SendMessageBatchRequestEntry::builder()
+                    .id(format!("e{b}-{i}"))
+                    .message_body(event(kind, id, time)?.to_string())
+                    .build()
+                    .map_err(|e| aws_err("batch entry", e))?;
+                entries.push(entry);
+            }
+            batches.push(entries);
+        }
+        let results: Vec<Result<(), RigError>> =
+            futures::stream::iter(batches.into_iter().map(|entries| {
+                let sqs = sqs.clone();
+                async move {
+                    let out = sqs
+                        .send_message_batch()
+                        .queue_url(queue_url)
+                        .set_entries(Some(entries))
+                        .send()
+                        .await
+                        .map_err(|e| {
+                            aws_err("send batch", aws_sdk_sqs::error::DisplayErrorContext(e))
+                        })?;
+                    match out.failed.first() {
+                        Some(f) => Err(aws_err("send batch", format!("{f:?}"))),
+                        None => Ok(()),
+                    }
+                }
+            }))
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+
     /// Approximate number of messages visible + in flight on a queue.
     pub async fn queue_depth(&self, queue_url: &str) -> Result<u64, RigError> {
         use aws_sdk_sqs::types::QueueAttributeName;

@@ -196,6 +196,73 @@ pub async fn pods_on(
         .count())
 }
 
+/// Ready pods of `app=<app>` on any Node but `node`.
+pub async fn ready_pods_off(
+    client: &kube::Client,
+    namespace: &str,
+    app: &str,
+    node: &str,
+) -> Result<usize, RigError> {
+    let list = Api::<Pod>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default().labels(&format!("app={app}")))
+        .await
+        .map_err(|e| kube_err("list pods", e))?;
+    Ok(list
+        .items
+        .iter()
+        .filter(|p| {
+            p.spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_deref())
+                .is_some_and(|n| n != node)
+        })
+        .filter(|p| p.metadata.deletion_timestamp.is_none() && pod_ready(p))
+        .count())
+}
+
+fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// What a PodDisruptionBudget and its pods look like now, for a failure message: a
+/// stalled drain is usually a budget that allows no disruption, and this says why.
+pub async fn pdb_report(client: &kube::Client, namespace: &str, app: &str) -> String {
+    let pdb = Api::<PodDisruptionBudget>::namespaced(client.clone(), namespace)
+        .get_opt(app)
+        .await;
+    let status = match pdb {
+        Ok(Some(pdb)) => serde_json::to_string(&pdb.status).unwrap_or_default(),
+        Ok(None) => "no PDB".into(),
+        Err(e) => format!("PDB unreadable: {e}"),
+    };
+    let pods = Api::<Pod>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default().labels(&format!("app={app}")))
+        .await
+        .map(|list| {
+            list.items
+                .iter()
+                .map(|p| {
+                    let ready = pod_ready(p);
+                    format!(
+                        "{} on {} ready={ready} deleting={}",
+                        p.metadata.name.as_deref().unwrap_or("?"),
+                        p.spec
+                            .as_ref()
+                            .and_then(|s| s.node_name.as_deref())
+                            .unwrap_or("-"),
+                        p.metadata.deletion_timestamp.is_some()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .unwrap_or_else(|e| format!("pods unreadable: {e}"));
+    format!("PDB {namespace}/{app} status {status}; pods: {pods}")
+}
+
 /// The value of the unlabelled sample `name` in a Prometheus text exposition.
 pub fn metric_value(metrics: &str, name: &str) -> Option<f64> {
     metrics
