@@ -27,6 +27,7 @@ pub mod nodes;
 pub mod ports;
 pub mod process;
 pub mod programs;
+pub mod registrar;
 pub mod shipped;
 pub mod tools;
 pub mod wait;
@@ -39,6 +40,7 @@ pub use cluster::{Cluster, TestNamespace};
 pub use control_plane::{ControlPlane, ExtenderConfig};
 pub use nodes::{Capacity, FakeNode, NodeKind, ZONES};
 pub use programs::Program;
+pub use registrar::{Registrar, RegistrarOptions};
 pub use wait::{
     EndpointWatch, ready_endpoints, wait_for, wait_for_ready_endpoints, wait_for_rollout,
     wait_for_schedulable_nodes,

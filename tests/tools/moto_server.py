@@ -75,9 +75,76 @@ Runs moto's own WSGI app in-process and adds, without touching moto's files:
    and the faulted ones also under `faulted:<action>`. `GET /spotkube/fault` answers
    {"faults": {action: {"mode", "seconds_left"}}}; `DELETE /spotkube/fault` ends them.
 
+9. Auto Scaling groups that launch like AWS's. moto 5.2.1 launches a whole scale-out in
+   one randomly chosen AZ (always the first subnet), only ever the launch template's type,
+   never on the spot market, ignores the ICE switch, never refuses a desired capacity
+   above MaxSize, and answers DescribeScalingActivities with an empty list. Kept from
+   moto: groups, launch templates and configurations, DesiredCapacity bookkeeping,
+   DescribeAutoScalingGroups / DescribeAutoScalingInstances, TerminateInstanceInAutoScalingGroup
+   (ShouldDecrementDesiredCapacity keeps the group at its new size, without it a
+   replacement is launched), EC2 TerminateInstances replacing a group's instance, the
+   `aws:autoscaling:groupName` tag, propagated and launch-template tags. Replaced or added:
+   - Capacity type, as AWS expresses it (the `spotkube.io/capacity` tag is only a label for
+     discovery and changes nothing, as in AWS): a group with a MixedInstancesPolicy keeps
+     OnDemandBaseCapacity instances on-demand, then OnDemandPercentageAboveBaseCapacity of
+     the rest, rounded up in favour of on-demand (AWS's rule; moto's default distribution,
+     like AWS's, is 100 % on-demand); the rest are spot. A group whose launch template has
+     InstanceMarketOptions.MarketType=spot is all spot. Spot instances carry
+     `InstanceLifecycle: spot` in DescribeInstances.
+   - Instance type: the MixedInstancesPolicy Overrides' InstanceType in their order (a
+     priority list, also for spot: AWS's spot allocation strategies are not modelled), else
+     the launch template's (or launch configuration's) type. WeightedCapacity is ignored:
+     one instance is one unit of DesiredCapacity.
+   - Zones: each instance goes to the group's AZ (of AvailabilityZones, or of the
+     VPCZoneIdentifier subnets, first subnet of an AZ) with the fewest InService instances,
+     ties in the group's order, so a scale-out is spread as AWS balances it.
+   - The ICE switch (3): an instance tries its AZs in that order and, in each, the types in
+     priority order; it launches in the first offering the switch does not list. Every AZ
+     where all types are listed gets a Failed activity (AWS moves to another AZ after a
+     failed attempt), so a Failed activity can come before the instance is launched
+     elsewhere. A round (one scale-out or retry) stops at the first instance that cannot
+     launch anywhere and tries an AZ at most once, so it records at most one Failed
+     activity per AZ. DesiredCapacity stays as requested.
+   - Retries: a background thread re-applies DesiredCapacity every 1 s to every group
+     below it; after a failed round a group waits 2 s before the next (AWS backs off
+     longer). So clearing the switch launches the missing instances within ~3 s.
+   - Scale-in removes instances from the AZ with the most InService ones, oldest first
+     (AWS's default termination policy, less its launch-template rules), never
+     scale-in-protected ones.
+   - DescribeScalingActivities: every launch, failed launch and termination above, newest
+     first; AutoScalingGroupName, ActivityIds, MaxRecords (1..100, default 100), NextToken.
+     A launch: StatusCode "Successful", Description "Launching a new EC2 instance: i-...",
+     Details {"Subnet ID", "Availability Zone"}. A failed launch: StatusCode "Failed",
+     Description "Launching a new EC2 instance. Status Reason: <reason> Launching EC2
+     instance failed.", StatusMessage "<reason> Launching EC2 instance failed.", with
+     <reason> for on-demand "We currently do not have sufficient <type> capacity in the
+     Availability Zone you requested (<az>). Our system will be working on provisioning
+     additional capacity." and for spot "Could not launch Spot Instances.
+     InsufficientInstanceCapacity - There is no Spot capacity available that matches your
+     request." (Real EC2 may append "You can currently get <type> capacity by not
+     specifying an Availability Zone in your request or choosing <zones>." to the
+     on-demand reason: match on "InsufficientInstanceCapacity" / "sufficient ... capacity",
+     not on the whole text.) Details is compact JSON, as AWS's; the subnet of a failed
+     launch is named only when the group has subnets. A termination: "Terminating EC2 instance: i-...", "Successful" (moto
+     terminates at once; the TerminateInstanceInAutoScalingGroup answer itself says
+     "InProgress", as AWS's does).
+   - Validation AWS does and moto does not (HTTP 400 `ValidationError`): SetDesiredCapacity
+     above MaxSize "New SetDesiredCapacity value N is above max value M for the
+     AutoScalingGroup." (below MinSize: "... is below min value M ..."), on an unknown
+     group "AutoScalingGroup name not found - null"; TerminateInstanceInAutoScalingGroup
+     of an instance in no group "Instance Id not found - No managed instance found for
+     instance ID: i-...", with ShouldDecrementDesiredCapacity below MinSize "Currently,
+     desiredCapacity is D and minSize is M. Terminating instance without replacement will
+     violate group's min size constraint. Either set shouldDecrementDesiredCapacity flag to
+     false or lower group's min size." HonorCooldown is accepted and ignored (as false).
+   - UpdateAutoScalingGroup without a MixedInstancesPolicy keeps the group's (moto drops it).
+   - EC2 and Auto Scaling calls and the retry thread take one lock, so a retry never
+     changes moto's instances under a DescribeInstances.
+
 `POST /spotkube/reset` restores the seeded prices and the served Spot Advisor feed, and
 clears the ICE switch, the throttles, the holds and the call counters (moto's own
-`POST /moto-api/reset` clears moto's backends, not these overrides).
+`POST /moto-api/reset` clears moto's backends, not these overrides; switch 9's scaling
+activities live on moto's groups, so moto's reset clears them).
 """
 
 import argparse
@@ -85,15 +152,22 @@ import base64
 import datetime as dt
 import hashlib
 import io
+import itertools
 import json
+import math
 import os
 import sys
 import threading
 import time
 import urllib.parse
 
+from moto.autoscaling.exceptions import ValidationError as AsgValidationError
+from moto.autoscaling.models import ASG_NAME_TAG, FakeAutoScalingGroup, autoscaling_backends
+from moto.autoscaling.models import InstanceState as AsgInstanceState
+from moto.autoscaling.responses import AutoScalingResponse
 from moto.core.responses import ActionResult
 from moto.ec2.exceptions import EC2ClientError
+from moto.ec2.responses import EC2Response
 from moto.ec2.responses.fleets import Fleets
 from moto.ec2.responses.instances import InstanceResponse
 from moto.ec2.responses.spot_instances import SpotInstances
@@ -364,13 +438,16 @@ def ice_hit(itype, az):
     return itype in ice or (az is not None and f"{itype}@{az}" in ice)
 
 
-def ice_error(itype, az):
+def ice_reason(itype, az):
     where = f"the Availability Zone you requested ({az})" if az else "the Availability Zone we selected"
-    return EC2ClientError(
-        "InsufficientInstanceCapacity",
+    return (
         f"We currently do not have sufficient {itype} capacity in {where}. "
-        "Our system will be working on provisioning additional capacity.",
+        "Our system will be working on provisioning additional capacity."
     )
+
+
+def ice_error(itype, az):
+    return EC2ClientError("InsufficientInstanceCapacity", ice_reason(itype, az))
 
 
 def template_instance_type(backend, spec):
@@ -499,6 +576,354 @@ def install_overrides():
     InstanceResponse.run_instances = run_instances
     InstanceResponse.describe_instance_types = describe_instance_types
     Fleets.create_fleet = create_fleet
+    install_autoscaling_overrides()
+
+
+# ---------------------------------------------------------------- Auto Scaling (switch 9)
+
+# moto's backends are plain dicts: EC2 and Auto Scaling calls and the retry thread take
+# this lock so a retry never changes instances under a DescribeInstances.
+MOTO_LOCK = threading.RLock()
+ASG_RECONCILE_SECONDS = 1.0
+ASG_RETRY_SECONDS = 2.0
+SPOT_ICE_REASON = (
+    "Could not launch Spot Instances. InsufficientInstanceCapacity - "
+    "There is no Spot capacity available that matches your request."
+)
+LAUNCH_FAILED = "Launching EC2 instance failed."
+ACTIVITY_IDS = itertools.count(1)
+
+
+def activity_id():
+    n = next(ACTIVITY_IDS)
+    return f"{n:08x}-5a1e-4c0d-9e00-{hashlib.sha1(str(n).encode()).hexdigest()[:12]}"
+
+
+def record_activity(group, description, cause, status, message=None, details=None):
+    now = utcnow()
+    activity = {
+        "ActivityId": activity_id(),
+        "AutoScalingGroupName": group.name,
+        "AutoScalingGroupARN": group.arn,
+        "Description": description,
+        "Cause": cause,
+        "StartTime": now,
+        "EndTime": now,
+        "StatusCode": status,
+        "Progress": 100,
+        # AWS's Details name the subnet only when the group has subnets.
+        "Details": json.dumps({k: v for k, v in (details or {}).items() if v}, separators=(",", ":")),
+    }
+    if message:
+        activity["StatusMessage"] = message
+    # On the group object, so moto's own reset and DeleteAutoScalingGroup drop them too.
+    if not hasattr(group, "spotkube_activities"):
+        group.spotkube_activities = []
+    group.spotkube_activities.append(activity)
+    return activity
+
+
+def group_template_data(group):
+    if group.ec2_launch_template is None:
+        return {}
+    try:
+        return group.ec2_launch_template.get_version(group.launch_template_version).data or {}
+    except Exception:
+        return {}
+
+
+def group_types(group):
+    """The types an instance may be, in priority order."""
+    overrides = ((group.mixed_instances_policy or {}).get("LaunchTemplate") or {}).get("Overrides") or []
+    types = [o["InstanceType"] for o in overrides if isinstance(o, dict) and o.get("InstanceType")]
+    return types or [group.instance_type]
+
+
+def on_demand_target(group):
+    """How many of the group's DesiredCapacity AWS keeps on-demand."""
+    desired = group.desired_capacity or 0
+    if group.mixed_instances_policy:
+        dist = group.mixed_instances_policy.get("InstancesDistribution") or {}
+        base = int(dist.get("OnDemandBaseCapacity", 0) or 0)
+        percent = int(dist.get("OnDemandPercentageAboveBaseCapacity", 100))
+        if desired <= base:
+            return desired
+        # AWS rounds the percentage up, in favour of on-demand.
+        return base + math.ceil((desired - base) * percent / 100)
+    market = (group_template_data(group).get("InstanceMarketOptions") or {}).get("MarketType")
+    return 0 if market == "spot" else desired
+
+
+def group_zones(group):
+    """[(az, subnet id or None)], one per AZ, in the group's order."""
+    zones = []
+    if group.vpc_zone_identifier:
+        for subnet_id in group.vpc_zone_identifier.split(","):
+            subnet = group.ec2_backend.get_subnet(subnet_id.strip())
+            zones.append((subnet.availability_zone, subnet.id))
+    else:
+        zones = [(az, None) for az in group.availability_zones]
+    seen, unique = set(), []
+    for az, subnet in zones:
+        if az not in seen:
+            seen.add(az)
+            unique.append((az, subnet))
+    return unique
+
+
+def instance_zone(instance):
+    placement = instance.placement
+    return getattr(placement, "zone", placement)
+
+
+def balanced_zones(group):
+    """The group's AZs, fewest InService instances first (ties in the group's order)."""
+    counts = {}
+    for state in group.active_instances():
+        zone = instance_zone(state.instance)
+        counts[zone] = counts.get(zone, 0) + 1
+    zones = group_zones(group)
+    return sorted(zones, key=lambda z: (counts.get(z[0], 0), zones.index(z)))
+
+
+def launch_cause(before, after):
+    return (
+        f"At {iso(utcnow())} an instance was started in response to a difference between "
+        f"desired and actual capacity, increasing the capacity from {before} to {after}."
+    )
+
+
+def asg_launch_one(group, tags, failed_zones):
+    """Launches one instance as in switch 9; False when no offering is left."""
+    on_demand = sum(1 for s in group.active_instances() if getattr(s.instance, "lifecycle", None) != "spot")
+    spot = on_demand >= on_demand_target(group)
+    types = group_types(group)
+    before = len(group.active_instances())
+    for az, subnet in balanced_zones(group):
+        if az in failed_zones:
+            continue
+        itype = next((t for t in types if not ice_hit(t, az)), None)
+        if itype is None:
+            failed_zones.add(az)
+            reason = SPOT_ICE_REASON if spot else ice_reason(types[0], az)
+            record_activity(
+                group,
+                f"Launching a new EC2 instance. Status Reason: {reason} {LAUNCH_FAILED}",
+                launch_cause(before, before + 1),
+                "Failed",
+                f"{reason} {LAUNCH_FAILED}",
+                {"Subnet ID": subnet or "", "Availability Zone": az},
+            )
+            continue
+        launch_template = None
+        if group.ec2_launch_template is not None:
+            launch_template = {"LaunchTemplateId": group.ec2_launch_template.id}
+        reservation = group.autoscaling_backend.ec2_backend.run_instances(
+            group.image_id,
+            1,
+            group.user_data,
+            group.security_groups,
+            instance_type=itype,
+            tags={"instance": dict(tags)},
+            placement=az,
+            launch_config=group.launch_config,
+            launch_template=launch_template,
+            is_instance_type_default=False,
+            associate_public_ip=group.launch_config.associate_public_ip_address if group.launch_config else None,
+            subnet_id=subnet,
+        )
+        for instance in reservation.instances:
+            if spot:
+                instance.lifecycle = "spot"
+            instance.autoscaling_group = group
+            group.instance_states.append(
+                AsgInstanceState(instance, protected_from_scale_in=group.new_instances_protected_from_scale_in)
+            )
+            record_activity(
+                group,
+                f"Launching a new EC2 instance: {instance.id}",
+                launch_cause(before, before + 1),
+                "Successful",
+                details={"Subnet ID": instance.subnet_id or "", "Availability Zone": az},
+            )
+        return True
+    return False
+
+
+def asg_replace_instances(self, count_needed, propagated_tags):
+    """moto's one launch path (scale-out, replacement): switch 9 instead of one random AZ."""
+    tags = dict(propagated_tags)
+    tags[ASG_NAME_TAG] = self.name
+    tags.update(self.instance_tags)
+    failed_zones = set()
+    for _ in range(count_needed):
+        if not asg_launch_one(self, tags, failed_zones):
+            self.spotkube_retry_at = time.monotonic() + ASG_RETRY_SECONDS
+            return
+    self.spotkube_retry_at = 0
+
+
+def asg_set_desired_capacity(self, new_capacity):
+    """moto's, without its mixed-instances arithmetic (which can round below desired) and
+    with AWS's scale-in order; launches go through asg_replace_instances."""
+    self.desired_capacity = self.min_size if new_capacity is None else new_capacity
+    active = self.active_instances()
+    delta = (self.desired_capacity or 0) - len(active)
+    if delta > 0:
+        self.replace_autoscaling_group_instances(delta, self.get_propagated_tags())
+    elif delta < 0:
+        removable = [s for s in active if not s.protected_from_scale_in]
+        removed = []
+        for _ in range(min(-delta, len(removable))):
+            per_zone = {}
+            for s in removable:
+                per_zone.setdefault(instance_zone(s.instance), []).append(s)
+            fullest = max(per_zone.values(), key=len)
+            victim = min(fullest, key=lambda s: s.instance.launch_time)
+            removable.remove(victim)
+            removed.append(victim)
+        if removed:
+            before = len(active)
+            self.autoscaling_backend.ec2_backend.terminate_instances([s.instance.id for s in removed])
+            self.instance_states = [s for s in self.instance_states if s not in removed]
+            for i, s in enumerate(removed):
+                record_activity(
+                    self,
+                    f"Terminating EC2 instance: {s.instance.id}",
+                    f"At {iso(utcnow())} an instance was taken out of service in response to a "
+                    f"difference between desired and actual capacity, shrinking the capacity "
+                    f"from {before - i} to {before - i - 1}.",
+                    "Successful",
+                    details={"Subnet ID": s.instance.subnet_id or "", "Availability Zone": instance_zone(s.instance)},
+                )
+    if self.name in self.autoscaling_backend.autoscaling_groups:
+        self.autoscaling_backend.update_attached_elbs(self.name)
+        self.autoscaling_backend.update_attached_target_groups(self.name)
+
+
+def asg_update(self, *args, **kwargs):
+    if kwargs.get("mixed_instances_policy") is None:
+        kwargs["mixed_instances_policy"] = self.mixed_instances_policy
+    return _original_asg_update(self, *args, **kwargs)
+
+
+def asg_group(backend, name):
+    group = backend.autoscaling_groups.get(name)
+    if group is None:
+        raise AsgValidationError("AutoScalingGroup name not found - null")
+    return group
+
+
+def set_desired_capacity_call(self):
+    group = asg_group(self.autoscaling_backend, self._get_param("AutoScalingGroupName"))
+    desired = self._get_int_param("DesiredCapacity")
+    if group.max_size is not None and desired > group.max_size:
+        raise AsgValidationError(
+            f"New SetDesiredCapacity value {desired} is above max value {group.max_size} for the AutoScalingGroup."
+        )
+    if group.min_size is not None and desired < group.min_size:
+        raise AsgValidationError(
+            f"New SetDesiredCapacity value {desired} is below min value {group.min_size} for the AutoScalingGroup."
+        )
+    # HonorCooldown is ignored, as if false (switch 9).
+    return _original_set_desired_capacity_call(self)
+
+
+def terminate_instance_in_asg_call(self):
+    instance_id = self._get_param("InstanceId")
+    decrement = self._get_bool_param("ShouldDecrementDesiredCapacity", False)
+    group = next(
+        (g for g in self.autoscaling_backend.autoscaling_groups.values()
+         if any(s.instance.id == instance_id for s in g.instance_states)),
+        None,
+    )
+    if group is None:
+        raise AsgValidationError(f"Instance Id not found - No managed instance found for instance ID: {instance_id}")
+    if decrement and group.min_size is not None and (group.desired_capacity or 0) - 1 < group.min_size:
+        raise AsgValidationError(
+            f"Currently, desiredCapacity is {group.desired_capacity} and minSize is {group.min_size}. "
+            "Terminating instance without replacement will violate group's min size constraint. "
+            "Either set shouldDecrementDesiredCapacity flag to false or lower group's min size."
+        )
+    result = _original_terminate_instance_in_asg_call(self)
+    activity = result.result["Activity"]
+    # Moto terminates at once: the stored activity is finished, the answer stays InProgress.
+    record_activity(group, activity.description, activity.cause, "Successful", details={
+        "Subnet ID": "", "Availability Zone": activity_zone(self, instance_id),
+    })
+    return result
+
+
+def activity_zone(response, instance_id):
+    try:
+        return instance_zone(response.autoscaling_backend.ec2_backend.get_instance(instance_id))
+    except Exception:
+        return ""
+
+
+def describe_scaling_activities_call(self):
+    name = self._get_param("AutoScalingGroupName")
+    ids = set(self._get_param("ActivityIds", []) or [])
+    max_records = self._get_int_param("MaxRecords") or 100
+    if not 1 <= max_records <= 100:
+        raise AsgValidationError("MaxRecords must be between 1 and 100")
+    groups = self.autoscaling_backend.autoscaling_groups
+    chosen = [groups[name]] if name in groups else ([] if name else list(groups.values()))
+    activities = [a for g in chosen for a in getattr(g, "spotkube_activities", [])]
+    if ids:
+        activities = [a for a in activities if a["ActivityId"] in ids]
+    # Activity ids increase (zero-padded hex): newest first even within one second.
+    activities.sort(key=lambda a: a["ActivityId"], reverse=True)
+    try:
+        offset = decode_token(self._get_param("NextToken"))
+    except PricingError:
+        raise AsgValidationError("The token is invalid")
+    result = {"Activities": activities[offset:offset + max_records]}
+    if offset + max_records < len(activities):
+        result["NextToken"] = encode_token(offset + max_records)
+    return ActionResult(result)
+
+
+def asg_reconcile_forever():
+    """AWS keeps launching until a group is at DesiredCapacity; so does this thread."""
+    while True:
+        time.sleep(ASG_RECONCILE_SECONDS)
+        try:
+            with MOTO_LOCK:
+                for _, regions in list(autoscaling_backends.items()):
+                    for _, backend in list(regions.items()):
+                        for group in list(backend.autoscaling_groups.values()):
+                            if time.monotonic() < getattr(group, "spotkube_retry_at", 0):
+                                continue
+                            if len(group.active_instances()) < (group.desired_capacity or 0):
+                                group.set_desired_capacity(group.desired_capacity)
+        except Exception as e:  # a test rig thread must not die silently
+            print(f"spotkube: auto scaling retry failed: {e!r}", file=sys.stderr, flush=True)
+
+
+def locked(call):
+    def wrapper(self, *args, **kwargs):
+        with MOTO_LOCK:
+            return call(self, *args, **kwargs)
+
+    return wrapper
+
+
+_original_asg_update = FakeAutoScalingGroup.update
+_original_set_desired_capacity_call = AutoScalingResponse.set_desired_capacity
+_original_terminate_instance_in_asg_call = AutoScalingResponse.terminate_instance_in_auto_scaling_group
+
+
+def install_autoscaling_overrides():
+    FakeAutoScalingGroup.replace_autoscaling_group_instances = asg_replace_instances
+    FakeAutoScalingGroup.set_desired_capacity = asg_set_desired_capacity
+    FakeAutoScalingGroup.update = asg_update
+    AutoScalingResponse.set_desired_capacity = set_desired_capacity_call
+    AutoScalingResponse.terminate_instance_in_auto_scaling_group = terminate_instance_in_asg_call
+    AutoScalingResponse.describe_scaling_activities = describe_scaling_activities_call
+    AutoScalingResponse.call_action = locked(AutoScalingResponse.call_action)
+    EC2Response.call_action = locked(EC2Response.call_action)
+    threading.Thread(target=asg_reconcile_forever, name="asg-retry", daemon=True).start()
 
 
 # ---------------------------------------------------------------- WSGI wrapper
@@ -590,7 +1015,8 @@ class SpotkubeApp:
         if path.startswith("/spotkube/"):
             return self.control(environ, start_response, path)
         if path.startswith("/moto-api/"):
-            return self.moto_app(environ, start_response)
+            with MOTO_LOCK:
+                return self.moto_app(environ, start_response)
         throttled = self.count_call(environ, target)
         if throttled:
             return self.throttle_response(start_response, *throttled)
