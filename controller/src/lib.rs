@@ -8,12 +8,15 @@
 //! - [`act`]: carries actions out against the API (Events, metrics, spans).
 //! - [`reconcile`]: the leader's periodic loops (drain, scale-back, ranking, savings).
 //! - [`savings`]: what opted-in workloads cost now and on on-demand (pure).
+//! - [`capacity`]: pools from ASG tags, the unavailable-offering cache, scaling-activity
+//!   verdicts and the ASG actions (building blocks, not yet wired into the flow).
 //! - [`run`] wires the process; [`supervisor`] owns the tasks of a leadership term;
 //!   [`cli`] holds the operator commands; [`config`] every flag.
 
 pub mod act;
 pub mod aws;
 pub mod bounded;
+pub mod capacity;
 pub mod cli;
 pub mod config;
 pub mod context;
