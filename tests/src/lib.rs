@@ -15,6 +15,7 @@
 //! Every process the rig starts is stopped when its handle drops, at process exit, and by
 //! the kernel if the test binary is killed (see [`process`]).
 
+pub mod autoscaling;
 pub mod aws;
 pub mod bench;
 pub mod certs;

@@ -6,99 +6,30 @@
 
 use std::time::Duration;
 
-use aws_sdk_autoscaling::types::{
-    InstancesDistribution, LaunchTemplate, LaunchTemplateOverrides, LaunchTemplateSpecification,
-    MixedInstancesPolicy, Tag,
-};
-use aws_sdk_ec2::types::{InstanceType, RequestLaunchTemplateData};
 use jiff::Timestamp;
 use spotkube_controller::capacity::CapacityType;
 use spotkube_controller::capacity::activity::{self, CLOCK_SLACK, Outcome};
 use spotkube_controller::capacity::asg::{self, Request, Termination};
 use spotkube_controller::capacity::ice::{IceCache, Offering, Reason};
 use spotkube_controller::capacity::pools::{self, DiscoveryConfig, Group, Pools};
-use spotkube_rig::aws::{Moto, TEST_AMI};
+use spotkube_rig::autoscaling::{self, GroupSpec, LaunchTemplate};
+use spotkube_rig::aws::Moto;
 use spotkube_rig::wait_for;
 
 const ZONES: [&str; 2] = ["us-east-1a", "us-east-1b"];
 const TYPE: &str = "m7g.large";
 
-async fn create_template(moto: &Moto) -> anyhow::Result<()> {
-    moto.ec2()
-        .await
-        .create_launch_template()
-        .launch_template_name("workers-lt")
-        .launch_template_data(
-            RequestLaunchTemplateData::builder()
-                .image_id(TEST_AMI)
-                .instance_type(InstanceType::from(TYPE))
-                .build(),
-        )
-        .send()
-        .await?;
-    Ok(())
-}
-
 /// A group over [`ZONES`] from `workers-lt`: all spot through a MixedInstancesPolicy when
-/// `spot`, else plain on-demand. Tags propagate to the instances.
-async fn create_group(
-    moto: &Moto,
-    name: &str,
-    spot: bool,
-    max: i32,
-    desired: i32,
-    tags: &[(&str, &str)],
-) -> anyhow::Result<()> {
-    let spec = LaunchTemplateSpecification::builder()
-        .launch_template_name("workers-lt")
-        .version("$Latest")
-        .build();
-    let mut request = moto
-        .autoscaling()
-        .await
-        .create_auto_scaling_group()
-        .auto_scaling_group_name(name)
-        .set_availability_zones(Some(ZONES.iter().map(|z| z.to_string()).collect()))
-        .min_size(0)
-        .max_size(max)
-        .desired_capacity(desired);
-    request = if spot {
-        request.mixed_instances_policy(
-            MixedInstancesPolicy::builder()
-                .launch_template(
-                    LaunchTemplate::builder()
-                        .launch_template_specification(spec)
-                        .overrides(
-                            LaunchTemplateOverrides::builder()
-                                .instance_type(TYPE)
-                                .build(),
-                        )
-                        .build(),
-                )
-                .instances_distribution(
-                    InstancesDistribution::builder()
-                        .on_demand_base_capacity(0)
-                        .on_demand_percentage_above_base_capacity(0)
-                        .build(),
-                )
-                .build(),
-        )
+/// `spot`, else plain on-demand.
+fn group_spec(name: &str, spot: bool, max: i32, desired: i32) -> GroupSpec {
+    let spec = GroupSpec::new(name, "workers-lt")
+        .zones(&ZONES)
+        .size(0, max, desired);
+    if spot {
+        spec.mixed(&[TYPE], 0, 0)
     } else {
-        request.launch_template(spec)
-    };
-    for (k, v) in tags {
-        request = request.tags(
-            Tag::builder()
-                .key(*k)
-                .value(*v)
-                .propagate_at_launch(true)
-                .resource_id(name)
-                .resource_type("auto-scaling-group")
-                .build(),
-        );
+        spec
     }
-    request.send().await?;
-    Ok(())
 }
 
 /// The pools of the cluster `prod` as `(pool, spot group, on-demand group)`.
@@ -117,17 +48,9 @@ fn shape(pools: &Pools) -> Vec<(String, Option<String>, Option<String>)> {
 }
 
 async fn ec2_tags(moto: &Moto, instance_id: &str) -> anyhow::Result<Vec<aws_sdk_ec2::types::Tag>> {
-    let out = moto
-        .ec2()
-        .await
-        .describe_instances()
-        .instance_ids(instance_id)
-        .send()
-        .await?;
-    Ok(out
-        .reservations()
+    Ok(autoscaling::ec2_instances(moto, &[instance_id.to_owned()])
+        .await?
         .iter()
-        .flat_map(|r| r.instances())
         .flat_map(|i| i.tags().to_vec())
         .collect())
 }
@@ -145,7 +68,9 @@ async fn fresh_since() -> Timestamp {
 #[tokio::test]
 async fn pools_are_discovered_by_tags_and_the_cluster_tag_is_honoured() -> anyhow::Result<()> {
     let moto = Moto::start().await?;
-    create_template(&moto).await?;
+    LaunchTemplate::new("workers-lt", TYPE)
+        .create(&moto)
+        .await?;
     let prod = ("kubernetes.io/cluster/prod", "owned");
     for (name, spot, tags) in [
         (
@@ -186,7 +111,11 @@ async fn pools_are_discovered_by_tags_and_the_cluster_tag_is_honoured() -> anyho
             ],
         ),
     ] {
-        create_group(&moto, name, spot, 4, 1, &tags).await?;
+        // Tags propagate to the instances.
+        group_spec(name, spot, 4, 1)
+            .tags(&tags)
+            .create(&moto)
+            .await?;
     }
     let client = moto.autoscaling().await;
 
@@ -276,9 +205,11 @@ async fn pools_are_discovered_by_tags_and_the_cluster_tag_is_honoured() -> anyho
 async fn one_more_instance_never_above_max_then_ice_then_terminate_with_decrement()
 -> anyhow::Result<()> {
     let moto = Moto::start().await?;
-    create_template(&moto).await?;
-    create_group(&moto, "web-spot", true, 4, 1, &[]).await?;
-    create_group(&moto, "full", true, 1, 1, &[]).await?;
+    LaunchTemplate::new("workers-lt", TYPE)
+        .create(&moto)
+        .await?;
+    group_spec("web-spot", true, 4, 1).create(&moto).await?;
+    group_spec("full", true, 1, 1).create(&moto).await?;
     let client = moto.autoscaling().await;
 
     // +1: desired rises and an instance launches in the group.

@@ -6,15 +6,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aws_sdk_autoscaling::error::ProvideErrorMetadata;
-use aws_sdk_autoscaling::types::{
-    Activity, AutoScalingGroup, InstancesDistribution, LaunchTemplate, LaunchTemplateOverrides,
-    LaunchTemplateSpecification, MixedInstancesPolicy, ScalingActivityStatusCode, Tag,
-};
-use aws_sdk_ec2::types::{
-    InstanceType, LaunchTemplateInstanceMarketOptionsRequest, MarketType, RequestLaunchTemplateData,
-};
-use serde_json::json;
-use spotkube_rig::aws::{Moto, TEST_AMI};
+use aws_sdk_autoscaling::types::{Activity, ScalingActivityStatusCode};
+use spotkube_rig::autoscaling::{self, GroupSpec, LaunchTemplate, group, instance_ids};
+use spotkube_rig::aws::Moto;
 use spotkube_rig::wait_for;
 
 const ZONES: [&str; 3] = ["us-east-1a", "us-east-1b", "us-east-1c"];
@@ -29,122 +23,12 @@ fn ice_reason(instance_type: &str, zone: &str) -> String {
 const SPOT_ICE_REASON: &str = "Could not launch Spot Instances. InsufficientInstanceCapacity - \
      There is no Spot capacity available that matches your request.";
 
-/// What a group is made of.
-enum Launch<'a> {
-    /// A plain launch template.
-    Template,
-    /// A MixedInstancesPolicy over these override types with this distribution
-    /// (OnDemandBaseCapacity, OnDemandPercentageAboveBaseCapacity).
-    Mixed(&'a [&'a str], i32, i32),
-}
-
-async fn create_template(
-    moto: &Moto,
-    name: &str,
-    instance_type: &str,
-    spot_market: bool,
-) -> anyhow::Result<()> {
-    let mut data = RequestLaunchTemplateData::builder()
-        .image_id(TEST_AMI)
-        .instance_type(InstanceType::from(instance_type));
-    if spot_market {
-        data = data.instance_market_options(
-            LaunchTemplateInstanceMarketOptionsRequest::builder()
-                .market_type(MarketType::Spot)
-                .build(),
-        );
-    }
-    moto.ec2()
-        .await
-        .create_launch_template()
-        .launch_template_name(name)
-        .launch_template_data(data.build())
-        .send()
-        .await?;
-    Ok(())
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn create_group(
-    moto: &Moto,
-    name: &str,
-    template: &str,
-    launch: Launch<'_>,
-    zones: &[&str],
-    min: i32,
-    max: i32,
-    desired: i32,
-    tags: &[(&str, &str)],
-) -> anyhow::Result<()> {
-    let spec = LaunchTemplateSpecification::builder()
-        .launch_template_name(template)
-        .version("$Latest")
-        .build();
-    let mut request = moto
-        .autoscaling()
-        .await
-        .create_auto_scaling_group()
-        .auto_scaling_group_name(name)
-        .set_availability_zones(Some(zones.iter().map(|z| z.to_string()).collect()))
-        .min_size(min)
-        .max_size(max)
-        .desired_capacity(desired);
-    request = match launch {
-        Launch::Template => request.launch_template(spec),
-        Launch::Mixed(types, base, percent) => {
-            let mut template = LaunchTemplate::builder().launch_template_specification(spec);
-            for t in types {
-                template = template
-                    .overrides(LaunchTemplateOverrides::builder().instance_type(*t).build());
-            }
-            request.mixed_instances_policy(
-                MixedInstancesPolicy::builder()
-                    .launch_template(template.build())
-                    .instances_distribution(
-                        InstancesDistribution::builder()
-                            .on_demand_base_capacity(base)
-                            .on_demand_percentage_above_base_capacity(percent)
-                            .spot_allocation_strategy("price-capacity-optimized")
-                            .build(),
-                    )
-                    .build(),
-            )
-        }
-    };
-    for (k, v) in tags {
-        request = request.tags(
-            Tag::builder()
-                .key(*k)
-                .value(*v)
-                .propagate_at_launch(true)
-                .resource_id(name)
-                .resource_type("auto-scaling-group")
-                .build(),
-        );
-    }
-    request.send().await?;
-    Ok(())
-}
-
-async fn group(moto: &Moto, name: &str) -> anyhow::Result<AutoScalingGroup> {
-    moto.autoscaling()
-        .await
-        .describe_auto_scaling_groups()
-        .auto_scaling_group_names(name)
-        .send()
-        .await?
-        .auto_scaling_groups()
-        .first()
-        .cloned()
-        .ok_or_else(|| anyhow::anyhow!("group {name} not found"))
-}
-
-fn instance_ids(group: &AutoScalingGroup) -> Vec<String> {
-    group
-        .instances()
-        .iter()
-        .filter_map(|i| i.instance_id().map(str::to_owned))
-        .collect()
+/// A MixedInstancesPolicy group over `types` with this distribution
+/// (OnDemandBaseCapacity, OnDemandPercentageAboveBaseCapacity), price-capacity-optimized.
+fn mixed(name: &str, template: &str, types: &[&str], base: i32, percent: i32) -> GroupSpec {
+    GroupSpec::new(name, template)
+        .mixed(types, base, percent)
+        .spot_allocation_strategy("price-capacity-optimized")
 }
 
 /// What EC2 (not Auto Scaling) says about one instance.
@@ -161,17 +45,9 @@ async fn ec2_instances(
     moto: &Moto,
     ids: &[String],
 ) -> anyhow::Result<BTreeMap<String, Ec2Instance>> {
-    let out = moto
-        .ec2()
-        .await
-        .describe_instances()
-        .set_instance_ids(Some(ids.to_vec()))
-        .send()
-        .await?;
-    Ok(out
-        .reservations()
+    Ok(autoscaling::ec2_instances(moto, ids)
+        .await?
         .iter()
-        .flat_map(|r| r.instances())
         .map(|i| {
             (
                 i.instance_id().unwrap_or_default().to_owned(),
@@ -205,6 +81,12 @@ async fn ec2_instances(
             )
         })
         .collect())
+}
+
+/// The group's current instances, as EC2 describes them.
+async fn group_instances(moto: &Moto, name: &str) -> anyhow::Result<BTreeMap<String, Ec2Instance>> {
+    let ids = instance_ids(&group(moto, name).await?);
+    ec2_instances(moto, &ids).await
 }
 
 /// Running EC2 instances tagged with the group's name (what EC2 launched for it).
@@ -263,16 +145,6 @@ async fn set_desired(moto: &Moto, name: &str, desired: i32) -> anyhow::Result<()
     Ok(())
 }
 
-async fn ice(moto: &Moto, offerings: &[&str]) -> anyhow::Result<()> {
-    let resp = reqwest::Client::new()
-        .post(format!("{}/spotkube/ice", moto.endpoint))
-        .json(&json!({ "capacity": offerings }))
-        .send()
-        .await?;
-    anyhow::ensure!(resp.status().is_success(), "ice switch: {}", resp.status());
-    Ok(())
-}
-
 /// Waits until the group has `count` InService instances.
 async fn wait_in_service(moto: &Moto, name: &str, count: usize) -> anyhow::Result<Vec<String>> {
     Ok(wait_for(
@@ -290,18 +162,20 @@ async fn wait_in_service(moto: &Moto, name: &str, count: usize) -> anyhow::Resul
 #[tokio::test]
 async fn spot_group_launches_spot_instances_spread_over_its_zones() -> anyhow::Result<()> {
     let moto = Moto::start().await?;
-    create_template(&moto, "workers-lt", "m7g.large", false).await?;
-    create_group(
-        &moto,
+    LaunchTemplate::new("workers-lt", "m7g.large")
+        .create(&moto)
+        .await?;
+    mixed(
         "spot-workers",
         "workers-lt",
-        Launch::Mixed(&["c7g.large", "m7g.large"], 0, 0),
-        &ZONES,
+        &["c7g.large", "m7g.large"],
         0,
-        9,
-        3,
-        &[("spotkube.io/capacity", "spot")],
+        0,
     )
+    .zones(&ZONES)
+    .size(0, 9, 3)
+    .tag("spotkube.io/capacity", "spot")
+    .create(&moto)
     .await?;
     let ids = instance_ids(&group(&moto, "spot-workers").await?);
     assert_eq!(ids.len(), 3, "launched at creation");
@@ -353,24 +227,22 @@ async fn spot_group_launches_spot_instances_spread_over_its_zones() -> anyhow::R
 #[tokio::test]
 async fn capacity_type_follows_the_group_definition_not_its_tags() -> anyhow::Result<()> {
     let moto = Moto::start().await?;
-    create_template(&moto, "plain-lt", "m7g.large", false).await?;
-    create_template(&moto, "spot-lt", "m7g.large", true).await?;
+    LaunchTemplate::new("plain-lt", "m7g.large")
+        .create(&moto)
+        .await?;
+    LaunchTemplate::new("spot-lt", "m7g.large")
+        .spot_market()
+        .create(&moto)
+        .await?;
 
     // Tagged spot, but nothing in the group asks EC2 for spot: on-demand, as in AWS.
-    create_group(
-        &moto,
-        "tag-only",
-        "plain-lt",
-        Launch::Template,
-        &ZONES[..2],
-        0,
-        4,
-        2,
-        &[("spotkube.io/capacity", "spot")],
-    )
-    .await?;
-    let ids = instance_ids(&group(&moto, "tag-only").await?);
-    let instances = ec2_instances(&moto, &ids).await?;
+    GroupSpec::new("tag-only", "plain-lt")
+        .zones(&ZONES[..2])
+        .size(0, 4, 2)
+        .tag("spotkube.io/capacity", "spot")
+        .create(&moto)
+        .await?;
+    let instances = group_instances(&moto, "tag-only").await?;
     assert_eq!(instances.len(), 2);
     assert!(
         instances.values().all(|i| i.lifecycle.is_none()),
@@ -378,20 +250,12 @@ async fn capacity_type_follows_the_group_definition_not_its_tags() -> anyhow::Re
     );
 
     // The launch template's market options make every instance spot.
-    create_group(
-        &moto,
-        "template-spot",
-        "spot-lt",
-        Launch::Template,
-        &ZONES[..2],
-        0,
-        4,
-        2,
-        &[],
-    )
-    .await?;
-    let ids = instance_ids(&group(&moto, "template-spot").await?);
-    let instances = ec2_instances(&moto, &ids).await?;
+    GroupSpec::new("template-spot", "spot-lt")
+        .zones(&ZONES[..2])
+        .size(0, 4, 2)
+        .create(&moto)
+        .await?;
+    let instances = group_instances(&moto, "template-spot").await?;
     assert!(
         instances
             .values()
@@ -401,20 +265,12 @@ async fn capacity_type_follows_the_group_definition_not_its_tags() -> anyhow::Re
 
     // Base 1 on-demand, then half of the rest rounded up in favour of on-demand: of 3,
     // 2 on-demand and 1 spot.
-    create_group(
-        &moto,
-        "mixed",
-        "plain-lt",
-        Launch::Mixed(&["m7g.large"], 1, 50),
-        &ZONES,
-        0,
-        6,
-        3,
-        &[],
-    )
-    .await?;
-    let ids = instance_ids(&group(&moto, "mixed").await?);
-    let instances = ec2_instances(&moto, &ids).await?;
+    mixed("mixed", "plain-lt", &["m7g.large"], 1, 50)
+        .zones(&ZONES)
+        .size(0, 6, 3)
+        .create(&moto)
+        .await?;
+    let instances = group_instances(&moto, "mixed").await?;
     let spot = instances
         .values()
         .filter(|i| i.lifecycle.as_deref() == Some("spot"))
@@ -426,23 +282,18 @@ async fn capacity_type_follows_the_group_definition_not_its_tags() -> anyhow::Re
 #[tokio::test]
 async fn ice_fails_the_launch_activity_until_the_switch_is_cleared() -> anyhow::Result<()> {
     let moto = Moto::start().await?;
-    create_template(&moto, "od-lt", "m7g.large", false).await?;
-    create_group(
-        &moto,
-        "on-demand",
-        "od-lt",
-        Launch::Template,
-        &ZONES[..1],
-        0,
-        4,
-        1,
-        &[],
-    )
-    .await?;
+    LaunchTemplate::new("od-lt", "m7g.large")
+        .create(&moto)
+        .await?;
+    GroupSpec::new("on-demand", "od-lt")
+        .zones(&ZONES[..1])
+        .size(0, 4, 1)
+        .create(&moto)
+        .await?;
     let first = instance_ids(&group(&moto, "on-demand").await?);
     assert_eq!(first.len(), 1);
 
-    ice(&moto, &["m7g.large"]).await?;
+    moto.set_insufficient_capacity(&["m7g.large"]).await?;
     set_desired(&moto, "on-demand", 2).await?;
     let g = group(&moto, "on-demand").await?;
     assert_eq!(g.desired_capacity(), Some(2), "desired stays as requested");
@@ -491,25 +342,20 @@ async fn ice_fails_the_launch_activity_until_the_switch_is_cleared() -> anyhow::
 async fn spot_ice_falls_back_to_other_offerings_and_fails_with_the_spot_message()
 -> anyhow::Result<()> {
     let moto = Moto::start().await?;
-    create_template(&moto, "spot-lt", "m7g.large", false).await?;
-    create_group(
-        &moto,
-        "spot",
-        "spot-lt",
-        Launch::Mixed(&["c7g.large", "m7g.large"], 0, 0),
-        &ZONES[..2],
-        0,
-        6,
-        0,
-        &[],
-    )
-    .await?;
+    LaunchTemplate::new("spot-lt", "m7g.large")
+        .create(&moto)
+        .await?;
+    mixed("spot", "spot-lt", &["c7g.large", "m7g.large"], 0, 0)
+        .zones(&ZONES[..2])
+        .size(0, 6, 0)
+        .create(&moto)
+        .await?;
 
     // The first type is out everywhere, the second in one zone: launched in the other.
-    ice(&moto, &["c7g.large", "m7g.large@us-east-1a"]).await?;
+    moto.set_insufficient_capacity(&["c7g.large", "m7g.large@us-east-1a"])
+        .await?;
     set_desired(&moto, "spot", 1).await?;
-    let ids = instance_ids(&group(&moto, "spot").await?);
-    let instances = ec2_instances(&moto, &ids).await?;
+    let instances = group_instances(&moto, "spot").await?;
     let only = instances.values().next().expect("one instance");
     assert_eq!(
         (only.instance_type.as_str(), only.zone.as_str()),
@@ -528,7 +374,7 @@ async fn spot_ice_falls_back_to_other_offerings_and_fails_with_the_spot_message(
     assert_eq!(details["Availability Zone"], "us-east-1a", "{details}");
 
     // Nothing left anywhere: the spot message, and no instance.
-    ice(&moto, &["m7g.large"]).await?;
+    moto.set_insufficient_capacity(&["m7g.large"]).await?;
     set_desired(&moto, "spot", 2).await?;
     let g = group(&moto, "spot").await?;
     assert_eq!((g.desired_capacity(), instance_ids(&g).len()), (Some(2), 1));
@@ -558,19 +404,12 @@ async fn spot_ice_falls_back_to_other_offerings_and_fails_with_the_spot_message(
 async fn max_size_is_refused_and_terminate_with_decrement_keeps_the_new_size() -> anyhow::Result<()>
 {
     let moto = Moto::start().await?;
-    create_template(&moto, "lt", "m7g.large", false).await?;
-    create_group(
-        &moto,
-        "workers",
-        "lt",
-        Launch::Mixed(&["m7g.large"], 0, 0),
-        &ZONES,
-        1,
-        3,
-        3,
-        &[],
-    )
-    .await?;
+    LaunchTemplate::new("lt", "m7g.large").create(&moto).await?;
+    mixed("workers", "lt", &["m7g.large"], 0, 0)
+        .zones(&ZONES)
+        .size(1, 3, 3)
+        .create(&moto)
+        .await?;
     let asg = moto.autoscaling().await;
 
     let refused = asg
