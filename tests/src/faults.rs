@@ -16,6 +16,7 @@ use std::time::Duration;
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
@@ -196,27 +197,25 @@ pub async fn pods_on(
         .count())
 }
 
-/// Ready pods of `app=<app>` on any Node but `node`.
-pub async fn ready_pods_off(
+/// Ready endpoints of Service `service` served from any Node but `node`, as its
+/// EndpointSlices say: what clients reach once `node` is gone (a pod can be Ready a
+/// moment before the EndpointSlice controller publishes it).
+pub async fn ready_endpoints_off(
     client: &kube::Client,
     namespace: &str,
-    app: &str,
+    service: &str,
     node: &str,
 ) -> Result<usize, RigError> {
-    let list = Api::<Pod>::namespaced(client.clone(), namespace)
-        .list(&ListParams::default().labels(&format!("app={app}")))
+    let slices = Api::<EndpointSlice>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
         .await
-        .map_err(|e| kube_err("list pods", e))?;
-    Ok(list
+        .map_err(|e| kube_err("list endpointslices", e))?;
+    Ok(slices
         .items
         .iter()
-        .filter(|p| {
-            p.spec
-                .as_ref()
-                .and_then(|s| s.node_name.as_deref())
-                .is_some_and(|n| n != node)
-        })
-        .filter(|p| p.metadata.deletion_timestamp.is_none() && pod_ready(p))
+        .flat_map(|s| s.endpoints.iter().flatten())
+        .filter(|e| e.node_name.as_deref().is_some_and(|n| n != node))
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false))
         .count())
 }
 
@@ -518,8 +517,19 @@ impl NothingLost {
     ) -> anyhow::Result<Ledger> {
         let client = &self.client;
         let ns = &self.namespace;
-        wait_for("queue drained", timeout, || async {
-            Ok((moto.queue_depth(&queues.url).await? == 0).then_some(()))
+        // Empty for longer than a visibility timeout (6 s in these tests): a message whose
+        // receiver died reappears only once its timeout runs out, and moto counts it
+        // neither visible nor in flight for a moment around that point.
+        let empty_since = std::sync::Mutex::new(None::<std::time::Instant>);
+        wait_for("queue drained (empty for 8 s)", timeout, || async {
+            let depth = moto.queue_depth(&queues.url).await?;
+            let mut since = empty_since.lock().expect("empty_since");
+            if depth > 0 {
+                *since = None;
+                return Ok(None);
+            }
+            let since = *since.get_or_insert_with(std::time::Instant::now);
+            Ok((since.elapsed() >= Duration::from_secs(8)).then_some(()))
         })
         .await?;
         for (name, protection) in &self.workloads {

@@ -26,8 +26,10 @@ use spotkube_rig::{
     wait_for_schedulable_nodes, workloads,
 };
 
-/// Kill tests share the cluster with each other; the mass interruption and the API
-/// server restart want it (or the machine) to themselves.
+/// Each test wants the cluster to itself: every leader's reconcile loops act on every
+/// marked Node and surging Deployment of the cluster (a cluster has one leader), so
+/// the controllers of two tests running at once act on each other's objects (seen: one
+/// test's standby scaling back another's surge), which no installation does.
 static EXCLUSIVE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 /// The workloads of one kill run: a single-replica Deployment restarted, one scaled
@@ -391,16 +393,21 @@ async fn kill_run(step: Step, moto: &'static Moto) -> anyhow::Result<(faults::Le
                 second.process.log_path().display()
             );
         }
-        // The instance dies once what spotkube protects runs elsewhere (a real one dies at
-        // the deadline): each single-replica workload Ready on another node.
+        // The instance dies once what spotkube protects is served elsewhere (a real one
+        // dies at the deadline): each single-replica Service has a ready endpoint on
+        // another node.
         for (name, _) in WORKLOADS.iter().filter(|(_, p)| *p != Protection::Evict) {
             wait_for(
                 &format!("{name} Ready elsewhere"),
                 Duration::from_secs(60),
                 || async {
-                    let elsewhere =
-                        faults::ready_pods_off(&test.client, &test.name, name, &run.doomed.name)
-                            .await?;
+                    let elsewhere = faults::ready_endpoints_off(
+                        &test.client,
+                        &test.name,
+                        name,
+                        &run.doomed.name,
+                    )
+                    .await?;
                     Ok((elsewhere > 0).then_some(()))
                 },
             )
@@ -419,7 +426,7 @@ async fn kill_run(step: Step, moto: &'static Moto) -> anyhow::Result<(faults::Le
 }
 
 async fn kill_at(step: Step) -> anyhow::Result<()> {
-    let _shared = EXCLUSIVE.read().await;
+    let _alone = EXCLUSIVE.write().await;
     let moto = private_moto().await?;
     let runs = faults::runs();
     let mut recoveries = Vec::new();
