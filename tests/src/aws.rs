@@ -641,7 +641,7 @@ impl Moto {
                     }
                 }
             }))
-            .buffer_unordered(8)
+            .buffer_unordered(32)
             .collect()
             .await;
         results.into_iter().collect()
