@@ -150,6 +150,18 @@ async fn wait_readyz(program: &Program, want: &str, timeout: Duration) -> anyhow
     Ok(())
 }
 
+async fn first_faulted_receive(moto: &Moto, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    while moto.calls("faulted:ReceiveMessage").await? == 0 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no ReceiveMessage met the fault within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
 fn alive(controller: &mut Program) -> anyhow::Result<()> {
     anyhow::ensure!(
         controller.process.exited().is_none(),
@@ -178,6 +190,9 @@ async fn sqs_unavailable_for_30s_then_back_loses_nothing() -> anyhow::Result<()>
         s.moto
             .fault(SQS_CONSUMER_ACTIONS, Fault::Unavailable, outage)
             .await?;
+        // A long poll sent before the outage began is still inside moto and would hand
+        // over what is sent now: send once a receive has met the outage.
+        first_faulted_receive(&s.moto, Duration::from_secs(15)).await?;
         s.send_batch().await?;
         // Reported while it lasts: ready (restarting would not help), but degraded.
         wait_readyz(&controller, "ok (degraded: sqs receive)", outage).await?;
