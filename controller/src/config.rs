@@ -139,9 +139,13 @@ pub struct RunArgs {
     /// secret: its value is never shown).
     #[arg(long, env = "SPOTKUBE_NOTIFY_WEBHOOK_URL", hide_env_values = true, value_parser = WebhookUrl::from_flag)]
     pub notify_webhook_url: Option<WebhookUrl>,
-    /// The cluster's name in notifications.
+    /// The cluster's name: in notifications, and capacity pools are only the Auto
+    /// Scaling groups tagged `kubernetes.io/cluster/<name>=owned|shared`.
     #[arg(long, env = "SPOTKUBE_CLUSTER_NAME")]
     pub cluster_name: Option<String>,
+    /// Replacement capacity (README, "Replacement capacity").
+    #[command(flatten)]
+    pub capacity: CapacityArgs,
     /// How often the leader computes the savings metrics (from its watch caches).
     #[arg(long, env = "SPOTKUBE_SAVINGS_INTERVAL", default_value = "60s", value_parser = spotkube_shared::config::positive_duration)]
     pub savings_interval: Duration,
@@ -174,6 +178,41 @@ pub struct RunArgs {
     /// (e.g. `karpenter.sh/capacity-type=spot`; default: every Node).
     #[arg(long, env = "SPOTKUBE_EXTERNAL_SIGNAL_NODE_SELECTOR")]
     pub external_signal_node_selector: Option<String>,
+}
+
+/// The capacity loop's flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CapacityArgs {
+    /// Bring replacement capacity: on a rebalance recommendation or an interruption
+    /// warning, ask the node's pool (Auto Scaling groups tagged `spotkube.io/pool`)
+    /// for one more node, drain the at-risk node once it is Ready, then terminate it
+    /// with the group's desired capacity lowered. `false`: protect workloads only.
+    #[arg(long = "capacity", env = "SPOTKUBE_CAPACITY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub enabled: bool,
+    /// How long a request waits for a Ready replacement before asking the pool's
+    /// on-demand group (an interruption waits what its deadline leaves).
+    #[arg(long, env = "SPOTKUBE_CAPACITY_TIMEOUT", default_value = "4m", value_parser = spotkube_shared::config::positive_duration)]
+    pub capacity_timeout: Duration,
+    /// At-risk nodes drained at once after rebalance recommendations (each paired with
+    /// a Ready replacement); interruption warnings are never held back.
+    #[arg(long, env = "SPOTKUBE_CAPACITY_MAX_DRAINS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub capacity_max_drains: u16,
+    /// A rebalance recommendation no capacity could be had for: the node's mark and
+    /// taint are removed after this if no interruption follows.
+    #[arg(long, env = "SPOTKUBE_REBALANCE_EXPIRY", default_value = "30m", value_parser = spotkube_shared::config::positive_duration)]
+    pub rebalance_expiry: Duration,
+    /// How long a pool's spot group must be whole (InService = Desired, Ready, no
+    /// offering marked unavailable) before its on-demand fallback nodes are removed.
+    #[arg(long, env = "SPOTKUBE_FALLBACK_STABLE_WINDOW", default_value = "10m", value_parser = spotkube_shared::config::positive_duration)]
+    pub fallback_stable_window: Duration,
+    /// How long an offering (type, zone, capacity type) stays marked unavailable after a
+    /// capacity error or a spot interruption of it.
+    #[arg(long, env = "SPOTKUBE_ICE_TTL", default_value = "3m", value_parser = spotkube_shared::config::positive_duration)]
+    pub ice_ttl: Duration,
+    /// How often the capacity loop looks at pending requests (it is also woken at once
+    /// by each new request).
+    #[arg(long, env = "SPOTKUBE_CAPACITY_INTERVAL", default_value = "5s", value_parser = spotkube_shared::config::positive_duration)]
+    pub capacity_interval: Duration,
 }
 
 /// One `--external-signals` value; `none` is no source.

@@ -8,6 +8,7 @@ use kube::Client;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use spotkube_shared::policy::Policy;
 
+use crate::capacity::ice::IceCache;
 use crate::decide::PodView;
 use crate::error::Result;
 use crate::metrics::Metrics;
@@ -35,6 +36,9 @@ pub struct Context {
     pub defaults: Policy,
     /// Owner facts (namespaces, ReplicaSet owners, HPA targets), cached across calls.
     pub owners: OwnerCache,
+    /// Offerings that just failed to launch or are being reclaimed (shared by the
+    /// capacity loop, which marks them, and the ranking publisher, which lists them).
+    pub ice: IceCache,
     /// Notifications of the Events below, when a webhook is configured.
     notifier: Option<Notifier>,
 }
@@ -61,6 +65,7 @@ impl Context {
             sqs,
             defaults: Policy::default(),
             owners: OwnerCache::default(),
+            ice: IceCache::default(),
             notifier: None,
         }
     }
@@ -68,6 +73,12 @@ impl Context {
     /// Evictions go through `client` (built without kube-client's retries).
     pub fn with_eviction_client(mut self, client: Client) -> Context {
         self.evictions = client;
+        self
+    }
+
+    /// Offerings stay marked unavailable for `ttl` (`--ice-ttl`).
+    pub fn with_ice_ttl(mut self, ttl: std::time::Duration) -> Context {
+        self.ice = IceCache::new(ttl);
         self
     }
 

@@ -12,13 +12,14 @@ use aws_sdk_sqs::types::Message;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
-use spotkube_shared::events::{self, ParseError, SpotEvent};
+use spotkube_shared::events::{self, EventDetail, ParseError, SpotEvent};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing::field::Empty;
 
 use crate::act::Actor;
 use crate::bounded::{Bounded, Ended};
+use crate::capacity::request::Trigger;
 use crate::decide::{self, Planning};
 use crate::error::Error;
 use crate::error::{KubeResultExt, Result};
@@ -39,6 +40,9 @@ pub struct Intake {
     pub planning: Planning,
     /// At most this many messages are worked on at once.
     pub concurrency: usize,
+    /// The capacity loop's wake-up, when `--capacity` is on: the intake records a
+    /// replacement request on the Node and wakes it.
+    pub capacity_wake: Option<std::sync::Arc<tokio::sync::Notify>>,
     /// Each message's bound; past it the message is left for redelivery.
     pub message_deadline: Duration,
 }
@@ -279,6 +283,7 @@ impl Intake {
         let marked = node_view.after(&marks);
         tracing::debug!(?marks, "decided on the node");
         let marking = self.actor.execute(node_name, marks, received).await;
+        let replacing = self.want_capacity(event, &node).await;
         let protecting = async {
             let pods = ctx.pods_on(node_name).await?;
             let actions = decide::workloads(event, &marked, &pods, now);
@@ -286,10 +291,26 @@ impl Intake {
             self.actor.execute(node_name, actions, received).await
         }
         .await;
-        let failures: Vec<Error> = [marking, protecting]
+        let failures: Vec<Error> = [marking, replacing, protecting]
             .into_iter()
             .filter_map(Result::err)
             .collect();
-        Error::collect(failures, 2)
+        Error::collect(failures, 3)
+    }
+
+    /// A rebalance recommendation or an interruption warning asks for a replacement
+    /// (recorded on the Node; the capacity loop carries it out).
+    async fn want_capacity(&self, event: &SpotEvent, node: &Node) -> Result<()> {
+        let Some(wake) = &self.capacity_wake else {
+            return Ok(());
+        };
+        let (trigger, deadline) = match &event.detail {
+            EventDetail::RebalanceRecommendation { .. } => (Trigger::Rebalance, None),
+            EventDetail::SpotInterruption { deadline, .. } => {
+                (Trigger::Interruption, Some(*deadline))
+            }
+            _ => return Ok(()),
+        };
+        crate::reconcile::capacity::record_wanted(&self.actor, wake, node, trigger, deadline).await
     }
 }

@@ -51,6 +51,8 @@ pub struct Metrics {
     pub extender_up: Gauge,
     /// Pods of spotkube's scheduler bound while the extender did not answer.
     pub pods_scheduled_without_extender: Counter,
+    /// Replacement capacity (the capacity loop).
+    pub capacity: crate::capacity::metrics::CapacityMetrics,
 }
 
 impl Metrics {
@@ -72,6 +74,7 @@ impl Metrics {
             sqs_receive_failing: Gauge::default(),
             extender_up: Gauge::default(),
             pods_scheduled_without_extender: Counter::default(),
+            capacity: crate::capacity::metrics::CapacityMetrics::register(registry),
         };
         let registry = registry.sub_registry_with_prefix("spotkube_controller");
         registry.register(

@@ -26,6 +26,9 @@ struct Index {
     marked: std::collections::BTreeSet<String>,
     /// Every Node's name, AWS or not (a scaled surge ends once its Node is gone).
     names: std::collections::HashSet<String>,
+    /// Nodes with a capacity request or that are an on-demand fallback (for the
+    /// capacity loop).
+    capacity: std::collections::BTreeSet<String>,
 }
 
 /// What the index keeps of one Node.
@@ -33,6 +36,7 @@ pub struct NodeEntry {
     name: String,
     instance: Option<String>,
     marked: bool,
+    capacity: bool,
 }
 
 fn is_marked(node: &Node) -> bool {
@@ -40,6 +44,13 @@ fn is_marked(node: &Node) -> bool {
         .annotations
         .as_ref()
         .is_some_and(|a| a.contains_key(spotkube_shared::annotations::INTERRUPTION))
+}
+
+fn has_capacity_work(node: &Node) -> bool {
+    node.metadata.annotations.as_ref().is_some_and(|a| {
+        a.contains_key(spotkube_shared::annotations::CAPACITY_REQUEST)
+            || a.contains_key(spotkube_shared::annotations::FALLBACK_FOR)
+    })
 }
 
 /// The EC2 instance behind `node`, from its providerID.
@@ -51,6 +62,7 @@ fn instance_of(node: &Node) -> Option<String> {
 impl Index {
     fn remove_node(&mut self, name: &str) {
         self.marked.remove(name);
+        self.capacity.remove(name);
         self.names.remove(name);
         if let Some(instance) = self.by_node.remove(name) {
             self.by_instance.remove(&instance);
@@ -63,6 +75,11 @@ impl Index {
             None => self.remove_node(&entry.name),
         }
         self.names.insert(entry.name.clone());
+        if entry.capacity {
+            self.capacity.insert(entry.name.clone());
+        } else {
+            self.capacity.remove(&entry.name);
+        }
         if entry.marked {
             self.marked.insert(entry.name);
         } else {
@@ -88,6 +105,12 @@ impl NodesIndex {
     pub fn marked(&self) -> Vec<String> {
         let index = self.inner.read().expect("nodes index lock");
         index.marked.iter().cloned().collect()
+    }
+
+    /// Nodes with a capacity request, or on-demand fallback Nodes.
+    pub fn with_capacity_work(&self) -> Vec<String> {
+        let index = self.inner.read().expect("nodes index lock");
+        index.capacity.iter().cloned().collect()
     }
 
     /// Whether Node `name` carries spotkube's interruption notice.
@@ -136,6 +159,7 @@ impl WatchIndex<Node> for NodesIndex {
             name: node.metadata.name.clone()?,
             instance: instance_of(node),
             marked: is_marked(node),
+            capacity: has_capacity_work(node),
         })
     }
 

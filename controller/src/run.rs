@@ -108,7 +108,28 @@ pub async fn run(args: RunArgs, admin_listen: SocketAddr) -> Result<()> {
     );
     let notifications = notify::from_args(&args, metrics.clone())?;
     let mut ctx = Context::new(client.clone(), Some(identity.clone()), metrics, nodes, sqs)
-        .with_eviction_client(eviction_client);
+        .with_eviction_client(eviction_client)
+        .with_ice_ttl(args.capacity.ice_ttl);
+    let capacity = match args.capacity.enabled {
+        true => Some(CapacityJob {
+            autoscaling: aws_sdk_autoscaling::Client::new(
+                &crate::aws::sdk_config(args.ranking.region.clone(), args.aws_disable_retries)
+                    .await,
+            ),
+            settings: reconcile::capacity::Settings {
+                discovery: crate::capacity::pools::DiscoveryConfig {
+                    cluster_name: args.cluster_name.clone(),
+                    page_size: None,
+                },
+                timeout: args.capacity.capacity_timeout,
+                max_drains: usize::from(args.capacity.capacity_max_drains),
+                rebalance_expiry: args.capacity.rebalance_expiry,
+                stable_window: args.capacity.fallback_stable_window,
+                every: args.capacity.capacity_interval,
+            },
+        }),
+        false => None,
+    };
     if let Some((notifier, sender)) = notifications {
         ctx = ctx.with_notifier(notifier);
         // Drains what is queued when `stop` comes, after the leader's work has ended.
@@ -154,6 +175,7 @@ pub async fn run(args: RunArgs, admin_listen: SocketAddr) -> Result<()> {
             signals: args.external_signals(),
             node_selector: args.external_signal_node_selector.clone(),
         },
+        capacity,
     };
     let result = leader::run_while_leader(
         client,
@@ -188,6 +210,13 @@ struct RankingJob {
     metrics: RefreshMetrics,
 }
 
+/// The capacity loop's client and settings, when `--capacity` is on.
+#[derive(Clone)]
+struct CapacityJob {
+    autoscaling: aws_sdk_autoscaling::Client,
+    settings: reconcile::capacity::Settings,
+}
+
 /// The savings loop's settings and price inputs (a fresh [`PriceFeed`] per term).
 #[derive(Clone)]
 struct SavingsJob {
@@ -214,6 +243,7 @@ struct Leader {
     /// The extender probe, when `--extender-url` is set.
     extender: Option<reconcile::extender_health::Settings>,
     external: reconcile::external_signals::Settings,
+    capacity: Option<CapacityJob>,
     planning: Planning,
     concurrency: usize,
     message_deadline: Duration,
@@ -233,6 +263,12 @@ impl Leader {
         let mut term = Term::new(token.clone(), self.ctx.metrics.clone());
         let actor = Actor::new(self.ctx.clone(), term.tasks().clone());
         let every = self.reconcile_every;
+        let capacity = self.capacity.map(|job| reconcile::capacity::CapacityLoop {
+            actor: actor.clone(),
+            autoscaling: job.autoscaling,
+            settings: job.settings,
+            wake: Arc::default(),
+        });
         let intake = Intake {
             actor: actor.clone(),
             queue_url: self.queue_url,
@@ -241,8 +277,12 @@ impl Leader {
             planning: self.planning,
             concurrency: self.concurrency,
             message_deadline: self.message_deadline,
+            capacity_wake: capacity.as_ref().map(|c| c.wake.clone()),
         };
         term.start("intake", intake.run(token.clone()));
+        if let Some(capacity) = capacity {
+            term.start("capacity", capacity.run(token.clone()));
+        }
         term.start(
             "drain",
             reconcile::drain::run(actor.clone(), every, token.clone()),
@@ -298,6 +338,7 @@ impl Leader {
                     job.target,
                     job.metrics,
                     self.latest,
+                    self.ctx.ice.clone(),
                     token,
                 ),
             );

@@ -145,6 +145,7 @@ fn intake(script: Vec<Expect>) -> (Intake, mock::Served) {
         planning: Planning::default(),
         concurrency: 4,
         message_deadline: Duration::from_secs(30),
+        capacity_wake: None,
     };
     (intake, served)
 }

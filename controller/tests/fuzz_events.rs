@@ -432,6 +432,7 @@ fn fuzz_event_intake() {
         planning: Planning::default(),
         concurrency: 1,
         message_deadline: Duration::from_secs(60),
+        capacity_wake: None,
     };
     fuzz("event-intake", body(), |body| {
         check(&runtime, &intake, &body)

@@ -42,6 +42,7 @@ fn intake(actor: spotkube_controller::act::Actor) -> Intake {
         planning: Planning::default(),
         concurrency: 1,
         message_deadline: Duration::from_secs(60),
+        capacity_wake: None,
     }
 }
 

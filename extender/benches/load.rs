@@ -78,6 +78,7 @@ fn ranking() -> Ranking {
         region: None,
         criteria: None,
         zones: BTreeMap::from(zones),
+        unavailable: Vec::new(),
     }
 }
 

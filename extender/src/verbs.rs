@@ -335,6 +335,8 @@ pub fn prioritize(cluster: &Cluster, body: &[u8]) -> Answer {
         no_ranking: !view.index().is_present(),
         ..Outcome::default()
     };
+    // One clock read per request: unavailable marks lapse by time, not by event.
+    let now = jiff::Timestamp::now();
     let mut bytes;
     match candidates {
         Candidates::Names(ref names) => {
@@ -343,7 +345,7 @@ pub fn prioritize(cluster: &Cluster, body: &[u8]) -> Answer {
             bytes.push(b'[');
             for (i, name) in names.iter().enumerate() {
                 let score = match view.node(name) {
-                    Some(cached) => cached.score,
+                    Some(cached) => cached.score_at(now),
                     None => {
                         outcome.unknown += 1;
                         0
@@ -359,7 +361,7 @@ pub fn prioritize(cluster: &Cluster, body: &[u8]) -> Answer {
             outcome.nodes = nodes.len();
             for (i, lite) in nodes.into_iter().enumerate() {
                 let node = lite.into_node();
-                let score = view.index().score(&cluster.facts(&node));
+                let score = view.index().score_at(&cluster.facts(&node), now);
                 let host = node.metadata.name.as_deref().unwrap_or_default();
                 push_priority(&mut bytes, i == 0, host, score);
             }

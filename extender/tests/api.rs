@@ -142,6 +142,7 @@ fn ranking() -> Ranking {
         region: Some("us-east-1".into()),
         criteria: None,
         zones,
+        unavailable: Vec::new(),
     }
 }
 

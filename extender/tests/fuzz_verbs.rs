@@ -306,6 +306,7 @@ fn ranking() -> Ranking {
         region: Some("us-east-1".into()),
         criteria: None,
         zones: BTreeMap::from([("us-east-1a".into(), a), ("us-east-1b".into(), b)]),
+        unavailable: Vec::new(),
     }
 }
 

@@ -30,6 +30,13 @@ pub const INTERRUPTION: &str = "spotkube.io/interruption";
 /// recommendation (`PreferNoSchedule`).
 pub const INTERRUPTION_TAINT: &str = "spotkube.io/interruption";
 
+/// Written by spotkube on a Node it brings replacement capacity for: the capacity
+/// request's progress (JSON), so a restarted leader finishes the same plan.
+pub const CAPACITY_REQUEST: &str = "spotkube.io/capacity-request";
+/// Written by spotkube on an on-demand Node it launched because its pool's spot group
+/// could not: the pool's name. Such a Node is drained and removed once spot is back.
+pub const FALLBACK_FOR: &str = "spotkube.io/fallback-for";
+
 // Written by spotkube on workloads.
 pub const STATE: &str = "spotkube.io/state";
 pub const MIGRATED_AT: &str = "spotkube.io/migrated-at";
@@ -157,6 +164,9 @@ annotation_enum!(
         RebalanceRecommendation = "rebalance-recommendation",
         /// AWS Health scheduled change (retirement, maintenance).
         ScheduledChange = "scheduled-change",
+        /// spotkube is replacing the node: its replacement is Ready (after a rebalance
+        /// recommendation), or it is an on-demand fallback node whose spot pool is back.
+        Replacement = "replacement",
     }
 );
 
@@ -227,6 +237,7 @@ impl InterruptionNotice {
             InterruptionKind::SpotInterruption => true,
             InterruptionKind::RebalanceRecommendation => false,
             InterruptionKind::ScheduledChange => self.drain_from.is_none(),
+            InterruptionKind::Replacement => true,
         }
     }
 

@@ -11,9 +11,11 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use crate::node::CapacityType;
+
 /// The schema version written by this build, `MAJOR.MINOR`. Readers accept any minor
 /// of their major (minor versions only add optional fields) and reject other majors.
-pub const SCHEMA_VERSION: &str = "1.0";
+pub const SCHEMA_VERSION: &str = "1.1";
 /// The major version of [`SCHEMA_VERSION`].
 pub const SCHEMA_MAJOR: u64 = 1;
 
@@ -42,6 +44,38 @@ pub struct Ranking {
     pub criteria: Option<Criteria>,
     /// AZ name (e.g. `us-east-1a`) → entries, rank 1 first.
     pub zones: BTreeMap<String, Vec<RankedType>>,
+    /// Offerings that just failed to launch or are being reclaimed (since 1.1; absent
+    /// = none): the extender scores their nodes as unranked until `expires`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unavailable: Vec<Unavailable>,
+}
+
+/// An offering (instance type, zone, capacity type) marked unavailable by the controller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unavailable {
+    pub instance_type: String,
+    pub zone: String,
+    /// `spot` or `on-demand` (as [`CapacityType::as_str`]).
+    pub capacity_type: String,
+    /// `capacity-error` or `spot-interruption`.
+    pub reason: String,
+    pub expires: Timestamp,
+}
+
+impl Unavailable {
+    /// Whether the mark is for this offering and still in force at `now`.
+    pub fn covers(
+        &self,
+        zone: &str,
+        instance_type: &str,
+        capacity: CapacityType,
+        now: Timestamp,
+    ) -> bool {
+        self.expires > now
+            && self.zone == zone
+            && self.instance_type == instance_type
+            && self.capacity_type == capacity.as_str()
+    }
 }
 
 /// One ranked instance type in one AZ.
@@ -110,14 +144,29 @@ impl Ranking {
             .map(|e| e.rank)
     }
 
-    /// Whether two rankings rank the same things at the same prices (ignores
-    /// `computed_at`): the controller rewrites the ConfigMap only when this is false.
+    /// Whether an unexpired mark lists `instance_type` in `zone` on `capacity`.
+    pub fn is_unavailable(
+        &self,
+        zone: &str,
+        instance_type: &str,
+        capacity: CapacityType,
+        now: Timestamp,
+    ) -> bool {
+        self.unavailable
+            .iter()
+            .any(|u| u.covers(zone, instance_type, capacity, now))
+    }
+
+    /// Whether two rankings rank the same things at the same prices and list the same
+    /// unavailable offerings (ignores `computed_at`): the controller rewrites the
+    /// ConfigMap only when this is false.
     pub fn same_content(&self, other: &Ranking) -> bool {
         self.schema_version == other.schema_version
             && self.source == other.source
             && self.region == other.region
             && self.criteria == other.criteria
             && self.zones == other.zones
+            && self.unavailable == other.unavailable
     }
 }
 
@@ -312,6 +361,7 @@ pub fn compute(
         region: book.region.clone(),
         criteria: Some(criteria.clone()),
         zones,
+        unavailable: Vec::new(),
     }
 }
 
@@ -632,12 +682,12 @@ mod tests {
         );
         let text = r.to_json();
         assert_eq!(Ranking::from_json(&text).unwrap(), r);
-        let minor = text.replace("\"1.0\"", "\"1.7\"");
+        let minor = text.replace(&format!("\"{SCHEMA_VERSION}\""), "\"1.7\"");
         assert!(
             Ranking::from_json(&minor).is_ok(),
             "a newer minor is readable"
         );
-        let major = text.replace("\"1.0\"", "\"2.0\"");
+        let major = text.replace(&format!("\"{SCHEMA_VERSION}\""), "\"2.0\"");
         let err = Ranking::from_json(&major).unwrap_err().to_string();
         assert!(
             err.contains("\"2.0\" is not supported") && err.contains("major version 1"),
@@ -676,6 +726,106 @@ mod tests {
             "t",
             Timestamp::UNIX_EPOCH
         )));
+    }
+
+    fn mark(instance_type: &str, zone: &str, capacity: &str, expires: &str) -> Unavailable {
+        Unavailable {
+            instance_type: instance_type.into(),
+            zone: zone.into(),
+            capacity_type: capacity.into(),
+            reason: "capacity-error".into(),
+            expires: expires.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn unavailable_round_trips_and_is_absent_when_empty() {
+        let b = book(&[("m7g.large", arm(2, 8.0), 0.02, 0.1)]);
+        let mut r = compute(&b, &Criteria::default(), "t", Timestamp::UNIX_EPOCH);
+        assert!(
+            !r.to_json().contains("unavailable"),
+            "no marks, no key: a 1.0 reader sees the document it knows"
+        );
+        r.unavailable = vec![mark("m7g.large", "z-a", "spot", "2026-12-01T19:00:00Z")];
+        let text = r.to_json();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            value["unavailable"],
+            serde_json::json!([{
+                "instance_type": "m7g.large", "zone": "z-a", "capacity_type": "spot",
+                "reason": "capacity-error", "expires": "2026-12-01T19:00:00Z",
+            }])
+        );
+        assert_eq!(Ranking::from_json(&text).unwrap(), r);
+    }
+
+    #[test]
+    fn a_document_without_unavailable_reads_as_none_listed() {
+        let text = r#"{"schema_version": "1.0", "computed_at": "2026-11-22T04:00:00Z",
+            "source": "aws", "zones": {"z-a": []}}"#;
+        let r = Ranking::from_json(text).unwrap();
+        assert!(r.unavailable.is_empty());
+        assert!(!r.is_unavailable(
+            "z-a",
+            "m7g.large",
+            CapacityType::Spot,
+            Timestamp::UNIX_EPOCH
+        ));
+    }
+
+    #[test]
+    fn is_unavailable_matches_the_offering_and_ignores_expired_marks() {
+        let b = book(&[("m7g.large", arm(2, 8.0), 0.02, 0.1)]);
+        let mut r = compute(&b, &Criteria::default(), "t", Timestamp::UNIX_EPOCH);
+        r.unavailable = vec![
+            mark("m7g.large", "z-a", "spot", "2026-12-01T19:00:00Z"),
+            mark("c7g.large", "z-b", "on-demand", "2026-12-01T18:00:00Z"),
+        ];
+        let at = |t: &str| t.parse::<Timestamp>().unwrap();
+        let before = at("2026-12-01T18:59:59Z");
+        assert!(r.is_unavailable("z-a", "m7g.large", CapacityType::Spot, before));
+        assert!(
+            !r.is_unavailable("z-b", "m7g.large", CapacityType::Spot, before),
+            "zone"
+        );
+        assert!(
+            !r.is_unavailable("z-a", "m7g.large", CapacityType::OnDemand, before),
+            "capacity type"
+        );
+        assert!(
+            !r.is_unavailable("z-a", "c7g.large", CapacityType::Spot, before),
+            "type"
+        );
+        assert!(
+            !r.is_unavailable(
+                "z-a",
+                "m7g.large",
+                CapacityType::Spot,
+                at("2026-12-01T19:00:00Z")
+            ),
+            "expired at its expiry"
+        );
+        assert!(r.is_unavailable(
+            "z-b",
+            "c7g.large",
+            CapacityType::OnDemand,
+            at("2026-12-01T17:59:00Z")
+        ));
+        assert!(!r.is_unavailable("z-b", "c7g.large", CapacityType::OnDemand, before));
+    }
+
+    #[test]
+    fn same_content_sees_a_changed_unavailable_list() {
+        let b = book(&[("c7g.large", arm(2, 4.0), 0.02, 0.1)]);
+        let a = compute(&b, &Criteria::default(), "t", Timestamp::UNIX_EPOCH);
+        let mut marked = a.clone();
+        marked.unavailable = vec![mark("c7g.large", "z-a", "spot", "2026-12-01T19:00:00Z")];
+        assert!(!a.same_content(&marked), "a mark appeared");
+        assert!(!marked.same_content(&a), "a mark lapsed");
+        let mut extended = marked.clone();
+        extended.unavailable[0].expires = "2026-12-01T19:03:00Z".parse().unwrap();
+        assert!(!marked.same_content(&extended), "a mark was extended");
+        assert!(marked.same_content(&marked.clone()));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use aws_sdk_autoscaling::error::ProvideErrorMetadata;
 
-use super::pools::describe_group;
+use super::pools::{Group, describe_group};
 use crate::aws::send_retrying_throttling;
 use crate::error::Result;
 
@@ -42,10 +42,19 @@ pub async fn request_one(
     group: &str,
 ) -> Result<Request> {
     let state = describe_group(autoscaling, group).await?;
+    request_above(autoscaling, &state).await
+}
+
+/// [`request_one`] for a group already read: DesiredCapacity `state.desired + 1`.
+pub async fn request_above(
+    autoscaling: &aws_sdk_autoscaling::Client,
+    state: &Group,
+) -> Result<Request> {
     if !state.below_max() {
         return Ok(Request::Capped { max: state.max });
     }
     let to = state.desired + 1;
+    let group = state.name.as_str();
     let call = || async {
         // Bound first, not matched inline: the IAM scan of aws_shipped.rs reads
         // `<client>.<operation>(` with whitespace removed.

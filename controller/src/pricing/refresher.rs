@@ -1,7 +1,7 @@
 //! Refreshes the ranking on an interval and publishes it to ConfigMap
-//! `spotkube-system/spotkube-ranking` (key `ranking.json`) only when its content
-//! changed. A failed refresh leaves the published ranking — the last good one — in
-//! place, counts the failure and logs it.
+//! `spotkube-system/spotkube-ranking` (key `ranking.json`), with the offerings marked
+//! unavailable, only when its content changed. A failed refresh leaves the published
+//! ranking — the last good one — in place, counts the failure and logs it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,10 +13,11 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use spotkube_shared::ranking::{
-    CONFIGMAP_KEY, CONFIGMAP_NAME, CONFIGMAP_NAMESPACE, Criteria, Ranking, compute,
+    CONFIGMAP_KEY, CONFIGMAP_NAME, CONFIGMAP_NAMESPACE, Criteria, Ranking, Unavailable, compute,
 };
 
 use super::{LatestBook, PriceSource};
+use crate::capacity::ice::Mark;
 use crate::error::{Error, KubeResultExt, Result};
 
 /// The default refresh interval.
@@ -89,19 +90,47 @@ impl From<(String, String)> for Target {
     }
 }
 
-/// Computes a ranking and writes it when its content differs from the published one.
-/// The prices and the ranking are kept in `latest` first, whether or not the write
-/// succeeds: they are the savings loop's too.
+/// The unavailable-offering marks as the ranking lists them.
+pub fn unavailable_of(marks: &[Mark]) -> Vec<Unavailable> {
+    marks
+        .iter()
+        .map(|m| Unavailable {
+            instance_type: m.offering.instance_type.clone(),
+            zone: m.offering.zone.clone(),
+            capacity_type: m.offering.capacity.as_str().to_string(),
+            reason: m.reason.as_str().to_string(),
+            expires: m.expires,
+        })
+        .collect()
+}
+
+/// Computes a ranking and writes it, listing `unavailable`, when its content differs
+/// from the published one. The prices and the ranking (without the marks) are kept in
+/// `latest` first, whether or not the write succeeds: they are the savings loop's too,
+/// and the ranking loop republishes them when the marks change.
 pub async fn refresh_once(
     client: &Client,
     target: &Target,
     source: &impl PriceSource,
     criteria: &Criteria,
     latest: &LatestBook,
+    unavailable: Vec<Unavailable>,
 ) -> Result<Refreshed> {
     let book = source.price_book(criteria).await?;
     let ranking = compute(&book, criteria, source.name(), jiff::Timestamp::now());
     latest.set(book, ranking.clone());
+    publish(client, target, ranking, unavailable).await
+}
+
+/// Writes `ranking` listing `unavailable` when that differs from the published content
+/// (an already computed ranking: no prices are fetched).
+pub async fn publish(
+    client: &Client,
+    target: &Target,
+    mut ranking: Ranking,
+    unavailable: Vec<Unavailable>,
+) -> Result<Refreshed> {
+    ranking.unavailable = unavailable;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &target.namespace);
     let object = format!("configmap/{}/{}", target.namespace, target.name);
     let current = api

@@ -2,6 +2,7 @@
 //! towards what spotkube promised, so a restarted or newly elected controller picks up
 //! where the last one left off.
 //!
+//! - [`capacity`]: bring replacement capacity before a Node at risk is removed.
 //! - [`drain`]: protect what still runs on a marked Node until its deadline.
 //! - [`scale_back`]: end scaled surges whose hold is over.
 //! - [`ranking`]: refresh and publish the price ranking.
@@ -11,6 +12,7 @@
 //! - [`external_signals`]: act on what Karpenter, NTH or Cluster Autoscaler do to a Node.
 //! - [`extender_health`]: count pods scheduled while the extender is down (no prices).
 
+pub mod capacity;
 pub mod drain;
 pub mod extender_health;
 pub mod external_signals;

@@ -141,6 +141,7 @@ mod tests {
             region: Some("us-east-1".into()),
             criteria: None,
             zones: BTreeMap::from([("us-east-1a".to_string(), vec![entry])]),
+            unavailable: Vec::new(),
         }
     }
 

@@ -599,6 +599,7 @@ mod tests {
                 "us-east-1a".to_string(),
                 vec![ranked(1, "c7g.4xlarge"), ranked(2, "m7g.large")],
             )]),
+            unavailable: Vec::new(),
         }
     }
 

@@ -1,0 +1,496 @@
+//! Replacement before removal, on the rig: the real control plane, kwok, a private moto
+//! with realistic Auto Scaling (switch 9), the node registrar joining moto's instances as
+//! kwok Nodes after a join delay, and the controller as shipped (`--capacity` on by
+//! default). No spare node exists at the start of any scenario: the pool's only Node
+//! runs every pod, so a workload survives only if spotkube brings the capacity.
+//!
+//! The tests take the cluster alone: every leader's capacity loop is cluster-wide, so a
+//! concurrent test's controller (another moto, no pools) would answer this test's
+//! requests with "no pool".
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::Value;
+use spotkube_rig::autoscaling::{self, GroupSpec, LaunchTemplate};
+use spotkube_rig::aws::{EventKind, Moto, Queues};
+use spotkube_rig::faults::{NothingLost, POOL, Protection, create_pdb, metric_value};
+use spotkube_rig::nodes::is_ready;
+use spotkube_rig::programs::ProgramOptions;
+use spotkube_rig::{
+    Cluster, EndpointWatch, Program, Registrar, RegistrarOptions, TestNamespace, wait_for,
+    wait_for_ready_endpoints, wait_for_rollout, workloads,
+};
+
+static EXCLUSIVE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const SPOT_TYPE: &str = "m7g.large";
+const ON_DEMAND_TYPE: &str = "m6i.large";
+const ZONES: [&str; 2] = ["us-east-1a", "us-east-1b"];
+const CAPACITY_REQUEST: &str = "spotkube.io/capacity-request";
+const FALLBACK_FOR: &str = "spotkube.io/fallback-for";
+/// 3 replicas with maxUnavailable 1: never fewer than 2 ready.
+const API_PDB_FLOOR: usize = 2;
+
+/// A namespace, a private moto with a queue, the pool's spot group (one instance) and
+/// its on-demand fallback group (none), the registrar, and `web` (1 replica) plus `api`
+/// (3 replicas, PDB maxUnavailable 1) on the spot group's only Node.
+struct Scenario {
+    test: TestNamespace,
+    moto: Moto,
+    queues: Queues,
+    registrar: Registrar,
+    spot: String,
+    on_demand: String,
+    /// The spot group's first instance and its Node.
+    doomed: (String, String),
+}
+
+async fn create_workload(test: &TestNamespace, name: &str, replicas: i32) -> anyhow::Result<()> {
+    let d = workloads::with_node_selector(workloads::deployment(name, replicas), POOL, &test.name);
+    let d = workloads::with_grace_period(d, 1);
+    Api::<Deployment>::namespaced(test.client.clone(), &test.name)
+        .create(&PostParams::default(), &d)
+        .await?;
+    Api::<Service>::namespaced(test.client.clone(), &test.name)
+        .create(&PostParams::default(), &workloads::service(name))
+        .await?;
+    Ok(())
+}
+
+impl Scenario {
+    async fn start(prefix: &str, join_delay: Duration) -> anyhow::Result<Scenario> {
+        let cluster = Cluster::shared().await?;
+        let test = cluster
+            .namespace_with(prefix, &[("spotkube.io/enabled", "true")])
+            .await?;
+        let moto = Moto::start().await?;
+        let queues = moto
+            .create_queue_with_dlq(&format!("{}-events", test.name), 3)
+            .await?;
+        LaunchTemplate::new("spot-lt", SPOT_TYPE)
+            .create(&moto)
+            .await?;
+        LaunchTemplate::new("on-demand-lt", ON_DEMAND_TYPE)
+            .create(&moto)
+            .await?;
+        let spot = format!("{}-spot", test.name);
+        let on_demand = format!("{}-on-demand", test.name);
+        GroupSpec::new(&spot, "spot-lt")
+            .zones(&ZONES)
+            .size(0, 3, 1)
+            .mixed(&[SPOT_TYPE], 0, 0)
+            .tags(&[
+                ("spotkube.io/pool", &test.name),
+                ("spotkube.io/capacity", "spot"),
+            ])
+            .create(&moto)
+            .await?;
+        GroupSpec::new(&on_demand, "on-demand-lt")
+            .zones(&ZONES)
+            .size(0, 2, 0)
+            .tags(&[
+                ("spotkube.io/pool", &test.name),
+                ("spotkube.io/capacity", "on-demand"),
+            ])
+            .create(&moto)
+            .await?;
+        let registrar = Registrar::start(
+            &moto,
+            test.client.clone(),
+            RegistrarOptions::default()
+                .join_delay(join_delay)
+                .label(POOL, test.name.clone()),
+        )
+        .await;
+        let first = autoscaling::instance_ids(&autoscaling::group(&moto, &spot).await?);
+        let instance = first.first().cloned().expect("the spot group's instance");
+        let node = wait_for("the spot node joins", Duration::from_secs(60), || async {
+            Ok(registrar.node_name(&instance))
+        })
+        .await?;
+        let nodes: Api<Node> = Api::all(test.client.clone());
+        wait_for(
+            "the spot node is Ready",
+            Duration::from_secs(60),
+            || async { Ok(is_ready(&nodes.get(&node).await?).then_some(())) },
+        )
+        .await?;
+        create_workload(&test, "web", 1).await?;
+        create_workload(&test, "api", 3).await?;
+        create_pdb(&test.client, &test.name, "api", 1).await?;
+        for (name, replicas) in [("web", 1), ("api", 3)] {
+            wait_for_rollout(&test.client, &test.name, name, Duration::from_secs(60)).await?;
+            wait_for_ready_endpoints(
+                &test.client,
+                &test.name,
+                name,
+                replicas,
+                Duration::from_secs(30),
+            )
+            .await?;
+        }
+        Ok(Scenario {
+            test,
+            moto,
+            queues,
+            registrar,
+            spot,
+            on_demand,
+            doomed: (instance, node),
+        })
+    }
+
+    fn options(&self, identity: &str) -> ProgramOptions {
+        let mut options = self
+            .moto
+            .controller_options(&self.queues.url, &self.test.name)
+            .arg(format!("--identity={identity}"))
+            .arg("--visibility-timeout=6s")
+            .arg("--scale-back-interval=1s")
+            .arg("--capacity-interval=1s");
+        options.args.retain(|a| !a.starts_with("--lease-duration"));
+        options.arg("--lease-duration=5")
+    }
+
+    async fn send(&self, kind: EventKind) -> anyhow::Result<()> {
+        self.moto
+            .send_event(
+                &self.queues.url,
+                kind,
+                &self.doomed.0,
+                jiff::Timestamp::now(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn group(&self, name: &str) -> anyhow::Result<(i32, Vec<String>)> {
+        let group = autoscaling::group(&self.moto, name).await?;
+        Ok((
+            group.desired_capacity().unwrap_or_default(),
+            autoscaling::instance_ids(&group),
+        ))
+    }
+
+    /// The Node's capacity request, parsed (`None` once the Node is gone).
+    async fn request(&self, node: &str) -> anyhow::Result<Option<Value>> {
+        let node = Api::<Node>::all(self.test.client.clone())
+            .get_opt(node)
+            .await?;
+        Ok(node
+            .and_then(|n| n.metadata.annotations)
+            .and_then(|a| a.get(CAPACITY_REQUEST).cloned())
+            .map(|v| serde_json::from_str(&v))
+            .transpose()?)
+    }
+
+    /// Waits until the doomed Node is gone and `group` is back at `desired` with its
+    /// instances all joined, none of them the doomed one.
+    async fn replaced_in(&self, group: &str, timeout: Duration) -> anyhow::Result<Vec<String>> {
+        let nodes: Api<Node> = Api::all(self.test.client.clone());
+        wait_for("the doomed node replaced", timeout, || async {
+            if nodes.get_opt(&self.doomed.1).await?.is_some() {
+                return Ok(None);
+            }
+            let (_, instances) = self.group(group).await?;
+            let joined = instances
+                .iter()
+                .all(|i| self.registrar.node_name(i).is_some());
+            let fresh = !instances.is_empty() && !instances.contains(&self.doomed.0);
+            Ok((joined && fresh).then_some(instances))
+        })
+        .await
+        .map_err(Into::into)
+    }
+
+    /// Pods of `app` and the Nodes they run on.
+    async fn nodes_of(&self, app: &str) -> anyhow::Result<Vec<String>> {
+        let pods: Api<Pod> = Api::namespaced(self.test.client.clone(), &self.test.name);
+        Ok(pods
+            .list(&ListParams::default().labels(&format!("app={app}")))
+            .await?
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter_map(|p| p.spec.and_then(|s| s.node_name))
+            .collect())
+    }
+}
+
+async fn is_leader(program: &Program) -> anyhow::Result<bool> {
+    Ok(metric_value(&program.metrics().await?, "spotkube_controller_leader") == Some(1.0))
+}
+
+fn counter(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A rebalance recommendation with no spare capacity: the spot group rises by one, the
+/// new Node joins, then the old Node is drained and terminated with the group back at
+/// its size; `web` never has zero ready endpoints and `api` never drops below its PDB.
+#[tokio::test]
+async fn rebalance_without_spare_capacity_replaces_the_node_before_removing_it()
+-> anyhow::Result<()> {
+    let _alone = EXCLUSIVE.lock().await;
+    let s = Scenario::start("cap-rebalance", Duration::from_secs(2)).await?;
+    let result = async {
+        let cluster = Cluster::shared().await?;
+        let controller = cluster.start_controller(s.options("only")).await?;
+        let lost = NothingLost::watch(
+            &s.test.client,
+            &s.test.name,
+            &[("web", Protection::Restart), ("api", Protection::Evict)],
+        );
+        let api = EndpointWatch::start(&s.test.client, &s.test.name, "api");
+        s.send(EventKind::RebalanceRecommendation).await?;
+        wait_for(
+            "the spot group asked for one more",
+            Duration::from_secs(30),
+            || async { Ok((s.group(&s.spot).await?.0 == 2).then_some(())) },
+        )
+        .await?;
+        let instances = s.replaced_in(&s.spot, Duration::from_secs(120)).await?;
+        let ledger = lost
+            .check(&s.moto, &s.queues, 0, Duration::from_secs(120))
+            .await?;
+        let (api_min, _) = api.finish().await;
+        assert!(
+            api_min >= API_PDB_FLOOR,
+            "api dropped to {api_min} ready endpoints"
+        );
+        let (desired, _) = s.group(&s.spot).await?;
+        assert_eq!(
+            (desired, instances.len()),
+            (1, 1),
+            "the group is back at its size"
+        );
+        let replacement = s.registrar.node_name(&instances[0]).expect("joined");
+        for app in ["web", "api"] {
+            let on = s.nodes_of(app).await?;
+            assert!(on.iter().all(|n| *n == replacement), "{app} runs on {on:?}");
+        }
+        assert_eq!(s.moto.calls("SetDesiredCapacity").await?, 1, "asked once");
+        assert_eq!(
+            s.moto.calls("TerminateInstanceInAutoScalingGroup").await?,
+            1
+        );
+        assert_eq!(s.group(&s.on_demand).await?.0, 0, "no fallback needed");
+        let metrics = controller.metrics().await?;
+        let replaced = format!(
+            "spotkube_controller_capacity_replaced_total{{pool=\"{}\",trigger=\"rebalance\"}}",
+            s.test.name
+        );
+        assert_eq!(counter(&metrics, &replaced), 1.0, "{metrics}");
+        eprintln!(
+            "CAPACITY rebalance: web min_ready={} api min_ready={api_min} samples={}",
+            ledger.min_ready, ledger.samples
+        );
+        Ok(())
+    }
+    .await;
+    s.test.report(result)
+}
+
+/// The same with the spot type out of capacity: the spot group's launch fails, the
+/// on-demand group brings the replacement within the timeout, zero gap. Then the
+/// capacity comes back: the spot group fills, stays whole for the stable window, and
+/// the on-demand fallback Node is drained and removed, zero gap again.
+#[tokio::test]
+async fn insufficient_spot_capacity_falls_back_to_on_demand_and_scales_back_when_spot_returns()
+-> anyhow::Result<()> {
+    let _alone = EXCLUSIVE.lock().await;
+    let s = Scenario::start("cap-ice", Duration::from_secs(2)).await?;
+    let result = async {
+        let cluster = Cluster::shared().await?;
+        let options = s
+            .options("only")
+            .arg("--capacity-timeout=60s")
+            .arg("--fallback-stable-window=5s")
+            .arg("--ice-ttl=10s");
+        let controller = cluster.start_controller(options).await?;
+        let lost = NothingLost::watch(
+            &s.test.client,
+            &s.test.name,
+            &[("web", Protection::RestartPerEvent), ("api", Protection::Evict)],
+        );
+        let api = EndpointWatch::start(&s.test.client, &s.test.name, "api");
+        s.moto.set_insufficient_capacity(&[SPOT_TYPE]).await?;
+        let sent = Instant::now();
+        s.send(EventKind::RebalanceRecommendation).await?;
+        // The fallback: the on-demand group brings the replacement.
+        let od = s.replaced_in(&s.on_demand, Duration::from_secs(120)).await?;
+        let fell_back_after = sent.elapsed();
+        assert_eq!(od.len(), 1, "one on-demand node");
+        let fallback_node = s.registrar.node_name(&od[0]).expect("joined");
+        let node = Api::<Node>::all(s.test.client.clone()).get(&fallback_node).await?;
+        let annotations = node.metadata.annotations.unwrap_or_default();
+        assert_eq!(annotations.get(FALLBACK_FOR), Some(&s.test.name));
+        let (spot_desired, spot_instances) = s.group(&s.spot).await?;
+        assert_eq!(
+            (spot_desired, spot_instances.len()),
+            (1, 0),
+            "the spot group keeps wanting its node while out of capacity"
+        );
+        let metrics = controller.metrics().await?;
+        let fallback = format!(
+            "spotkube_controller_capacity_fallbacks_total{{pool=\"{}\",reason=\"capacity-error\"}}",
+            s.test.name
+        );
+        assert_eq!(counter(&metrics, &fallback), 1.0, "{metrics}");
+
+        // Spot is back: the spot group fills, then the fallback node goes.
+        s.moto.clear_insufficient_capacity().await?;
+        let nodes: Api<Node> = Api::all(s.test.client.clone());
+        wait_for("the fallback node scaled back", Duration::from_secs(180), || async {
+            let gone = nodes.get_opt(&fallback_node).await?.is_none();
+            let (od_desired, _) = s.group(&s.on_demand).await?;
+            Ok((gone && od_desired == 0).then_some(()))
+        })
+        .await?;
+        let ledger = lost.check(&s.moto, &s.queues, 0, Duration::from_secs(120)).await?;
+        let (api_min, _) = api.finish().await;
+        assert!(api_min >= API_PDB_FLOOR, "api dropped to {api_min} ready endpoints");
+        let (spot_desired, spot_instances) = s.group(&s.spot).await?;
+        assert_eq!((spot_desired, spot_instances.len()), (1, 1), "spot is back");
+        let spot_node = s.registrar.node_name(&spot_instances[0]).expect("joined");
+        for app in ["web", "api"] {
+            let on = s.nodes_of(app).await?;
+            assert!(on.iter().all(|n| *n == spot_node), "{app} runs on {on:?}");
+        }
+        eprintln!(
+            "CAPACITY ice: fallback node joined {:.1} s after the event; web min_ready={} api min_ready={api_min}",
+            fell_back_after.as_secs_f64(),
+            ledger.min_ready
+        );
+        Ok(())
+    }
+    .await;
+    s.test.report(result)
+}
+
+/// An interruption warning with no spare capacity: the replacement is asked for within
+/// 1 s of the request's record, the pods run on the replacement before the deadline,
+/// and exactly one instance is added net (the doomed one is terminated with decrement,
+/// so the group launches no second replacement).
+#[tokio::test]
+async fn interruption_warning_requests_a_replacement_at_once_and_nets_one_instance()
+-> anyhow::Result<()> {
+    let _alone = EXCLUSIVE.lock().await;
+    let s = Scenario::start("cap-warning", Duration::from_secs(2)).await?;
+    let result = async {
+        let cluster = Cluster::shared().await?;
+        let controller = cluster.start_controller(s.options("only")).await?;
+        let sent = jiff::Timestamp::now();
+        let deadline = sent + jiff::SignedDuration::from_secs(120);
+        s.send(EventKind::SpotInterruptionWarning).await?;
+        let request = wait_for("the request sent", Duration::from_secs(30), || async {
+            Ok(s
+                .request(&s.doomed.1)
+                .await?
+                .filter(|r| r["requestedAt"].is_string()))
+        })
+        .await?;
+        let requested: jiff::Timestamp = request["requestedAt"].as_str().unwrap().parse()?;
+        let metrics = controller.metrics().await?;
+        // The controller's own measure, receipt's record to SetDesiredCapacity sent.
+        let (count, sum) = (
+            metric_value(&metrics, "spotkube_controller_capacity_recorded_to_requested_seconds_count"),
+            metric_value(&metrics, "spotkube_controller_capacity_recorded_to_requested_seconds_sum"),
+        );
+        assert_eq!(count, Some(1.0), "{metrics}");
+        assert!(sum.unwrap() <= 1.0, "recorded → requested took {sum:?} s");
+        let instances = s.replaced_in(&s.spot, Duration::from_secs(110)).await?;
+        let replacement = s.registrar.node_name(&instances[0]).expect("joined");
+        wait_for("the pods on the replacement", Duration::from_secs(60), || async {
+            let web = s.nodes_of("web").await?;
+            let api = s.nodes_of("api").await?;
+            let all = web.len() == 1
+                && api.len() == 3
+                && web.iter().chain(&api).all(|n| *n == replacement);
+            Ok(all.then_some(()))
+        })
+        .await?;
+        for app in ["web", "api"] {
+            wait_for_ready_endpoints(
+                &s.test.client,
+                &s.test.name,
+                app,
+                if app == "web" { 1 } else { 3 },
+                Duration::from_secs(30),
+            )
+            .await?;
+        }
+        let ready_at = jiff::Timestamp::now();
+        assert!(ready_at < deadline, "the pods were ready at {ready_at}, after {deadline}");
+        // Net one instance: one launched since the start, the group back at 1.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let (desired, now) = s.group(&s.spot).await?;
+        assert_eq!((desired, now.len()), (1, 1), "{now:?}");
+        assert_eq!(s.moto.calls("SetDesiredCapacity").await?, 1);
+        eprintln!(
+            "CAPACITY warning: sent → requested {:.2} s; pods ready on the replacement {:.1} s after the warning (deadline 120 s)",
+            requested.duration_since(sent).as_secs_f64(),
+            ready_at.duration_since(sent).as_secs_f64()
+        );
+        Ok(())
+    }
+    .await;
+    s.test.report(result)
+}
+
+/// The leader is SIGKILLed after the scale-up and before the drain (the replacement is
+/// still joining); the standby finishes the same plan without asking twice.
+#[tokio::test]
+async fn a_leader_killed_between_scale_up_and_drain_leaves_the_plan_to_the_next()
+-> anyhow::Result<()> {
+    let _alone = EXCLUSIVE.lock().await;
+    let s = Scenario::start("cap-kill", Duration::from_secs(10)).await?;
+    let result = async {
+        let cluster = Cluster::shared().await?;
+        let mut first = cluster.start_controller(s.options("first")).await?;
+        wait_for("first leads", Duration::from_secs(30), || async {
+            Ok(is_leader(&first).await?.then_some(()))
+        })
+        .await?;
+        let mut standby = s.options("second");
+        standby.no_ready_wait = true;
+        let second = cluster.start_controller(standby).await?;
+        let lost = NothingLost::watch(
+            &s.test.client,
+            &s.test.name,
+            &[("web", Protection::Restart), ("api", Protection::Evict)],
+        );
+        s.send(EventKind::RebalanceRecommendation).await?;
+        wait_for("the request sent", Duration::from_secs(30), || async {
+            Ok(s.request(&s.doomed.1)
+                .await?
+                .filter(|r| r["phase"] == "requested"))
+        })
+        .await?;
+        first.process.kill();
+        wait_for("second leads", Duration::from_secs(30), || async {
+            Ok(is_leader(&second).await?.then_some(()))
+        })
+        .await?;
+        s.replaced_in(&s.spot, Duration::from_secs(120)).await?;
+        lost.check(&s.moto, &s.queues, 0, Duration::from_secs(120))
+            .await?;
+        assert_eq!(s.moto.calls("SetDesiredCapacity").await?, 1, "asked twice");
+        assert_eq!(
+            s.group(&s.spot).await?.0,
+            1,
+            "the group is back at its size"
+        );
+        Ok(())
+    }
+    .await;
+    s.test.report(result)
+}
