@@ -68,7 +68,7 @@ bench-api-load: tools build
 
 ## Issue 13: the rig's real kube-apiserver and kube-scheduler with release builds of
 ## spotkube's programs (SPOTKUBE_PROGRAMS_PROFILE=release). Figures in BENCHMARKS.md.
-.PHONY: bench-build bench-scheduler bench-admission
+.PHONY: bench-build bench-scheduler bench-admission bench-capacity
 bench-build:
 	$(CARGO) build --release -p spotkube-webhook -p spotkube-extender -p spotkube-controller --bins
 
@@ -81,6 +81,12 @@ bench-scheduler: tools bench-build
 	SPOTKUBE_PROGRAMS_PROFILE=release SPOTKUBE_BENCH_NODES=5000 SPOTKUBE_BENCH_PODS=2000 \
 	  SPOTKUBE_BENCH_ROUNDS=3 SPOTKUBE_BENCH_FILTER=0 SPOTKUBE_BENCH_OUT=/dev/stdout \
 	  $(CARGO) test -p spotkube-tests --test bench_scheduler -- --ignored --nocapture
+
+## Issue 11: 50 rebalance recommendations at once over three Auto Scaling pools (moto,
+## the node registrar's 2 s join delay), release controller. Figures in BENCHMARKS.md.
+bench-capacity: tools bench-build
+	SPOTKUBE_PROGRAMS_PROFILE=release SPOTKUBE_BENCH_REBALANCES=50 SPOTKUBE_BENCH_JOIN_DELAY=2 \
+	  $(CARGO) test -p spotkube-tests --test bench_capacity -- --ignored --nocapture
 
 ## Pod CREATE latency through kube-apiserver: no webhook call / webhook called without
 ## a patch / webhook mutating, 500 creates each in alternating blocks of 50.

@@ -41,7 +41,7 @@ pub struct Cli {
 pub enum Command {
     /// Consume interruption events and act on them (the default).
     Run(RunArgs),
-    /// Show or change a workload's spotkube state, for operators.
+    /// Show or change a workload's spotkube state, or list capacity requests, for operators.
     State(cli::state::StateArgs),
     /// Print the spot price ranking per AZ (table or the ranking JSON).
     Rank(cli::rank::RankArgs),
@@ -213,6 +213,15 @@ pub struct CapacityArgs {
     /// by each new request).
     #[arg(long, env = "SPOTKUBE_CAPACITY_INTERVAL", default_value = "5s", value_parser = spotkube_shared::config::positive_duration)]
     pub capacity_interval: Duration,
+    /// How long an opted-in pod may stay Unschedulable before it gets a Warning Event
+    /// (`SpotkubePodUnschedulable`, the scheduler's message) and counts as pending.
+    #[arg(long, env = "SPOTKUBE_PENDING_AFTER", default_value = "2m", value_parser = spotkube_shared::config::positive_duration)]
+    pub pending_after: Duration,
+    /// Raise by one the spot group of the pool such pods need (`auto`: on unless
+    /// Karpenter or Cluster Autoscaler is found, re-checked every 5 minutes; off with
+    /// `--capacity=false`).
+    #[arg(long, env = "SPOTKUBE_SCALE_UP_PENDING", value_enum, default_value_t = crate::reconcile::pending::ScaleUp::Auto)]
+    pub scale_up_pending: crate::reconcile::pending::ScaleUp,
 }
 
 /// One `--external-signals` value; `none` is no source.

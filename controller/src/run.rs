@@ -110,12 +110,12 @@ pub async fn run(args: RunArgs, admin_listen: SocketAddr) -> Result<()> {
     let mut ctx = Context::new(client.clone(), Some(identity.clone()), metrics, nodes, sqs)
         .with_eviction_client(eviction_client)
         .with_ice_ttl(args.capacity.ice_ttl);
+    let aws_config =
+        crate::aws::sdk_config(args.ranking.region.clone(), args.aws_disable_retries).await;
     let capacity = match args.capacity.enabled {
         true => Some(CapacityJob {
-            autoscaling: aws_sdk_autoscaling::Client::new(
-                &crate::aws::sdk_config(args.ranking.region.clone(), args.aws_disable_retries)
-                    .await,
-            ),
+            autoscaling: aws_sdk_autoscaling::Client::new(&aws_config),
+            ec2: aws_sdk_ec2::Client::new(&aws_config),
             settings: reconcile::capacity::Settings {
                 discovery: crate::capacity::pools::DiscoveryConfig {
                     cluster_name: args.cluster_name.clone(),
@@ -126,6 +126,7 @@ pub async fn run(args: RunArgs, admin_listen: SocketAddr) -> Result<()> {
                 rebalance_expiry: args.capacity.rebalance_expiry,
                 stable_window: args.capacity.fallback_stable_window,
                 every: args.capacity.capacity_interval,
+                ranking_configmap: args.ranking_configmap.clone(),
             },
         }),
         false => None,
@@ -156,6 +157,10 @@ pub async fn run(args: RunArgs, admin_listen: SocketAddr) -> Result<()> {
         unscheduled: unscheduled::Settings {
             scheduler_name: args.scheduler_name.clone(),
             after: args.unscheduled_after,
+        },
+        pending: reconcile::pending::Settings {
+            after: args.capacity.pending_after,
+            scale_up: args.capacity.scale_up_pending,
         },
         extender: match &args.extender_url {
             Some(url) => Some(reconcile::extender_health::Settings {
@@ -214,6 +219,7 @@ struct RankingJob {
 #[derive(Clone)]
 struct CapacityJob {
     autoscaling: aws_sdk_autoscaling::Client,
+    ec2: aws_sdk_ec2::Client,
     settings: reconcile::capacity::Settings,
 }
 
@@ -240,6 +246,7 @@ struct Leader {
     savings: SavingsJob,
     origin: Origin,
     unscheduled: unscheduled::Settings,
+    pending: reconcile::pending::Settings,
     /// The extender probe, when `--extender-url` is set.
     extender: Option<reconcile::extender_health::Settings>,
     external: reconcile::external_signals::Settings,
@@ -263,9 +270,23 @@ impl Leader {
         let mut term = Term::new(token.clone(), self.ctx.metrics.clone());
         let actor = Actor::new(self.ctx.clone(), term.tasks().clone());
         let every = self.reconcile_every;
+        let pending = reconcile::pending::PendingLoop {
+            ctx: self.ctx.clone(),
+            settings: self.pending,
+            // Scale-up goes through the capacity loop's client: none without `--capacity`.
+            scale_up: self
+                .capacity
+                .as_ref()
+                .map(|job| reconcile::pending::ScaleUpJob {
+                    autoscaling: job.autoscaling.clone(),
+                    discovery: job.settings.discovery.clone(),
+                    timeout: job.settings.timeout,
+                }),
+        };
         let capacity = self.capacity.map(|job| reconcile::capacity::CapacityLoop {
             actor: actor.clone(),
             autoscaling: job.autoscaling,
+            ec2: job.ec2,
             settings: job.settings,
             wake: Arc::default(),
         });
@@ -283,6 +304,7 @@ impl Leader {
         if let Some(capacity) = capacity {
             term.start("capacity", capacity.run(token.clone()));
         }
+        term.start("pending", pending.run(token.clone()));
         term.start(
             "drain",
             reconcile::drain::run(actor.clone(), every, token.clone()),

@@ -118,6 +118,7 @@ async fn under_ice_the_third_ranked_type_launches_and_the_pool_limit_holds() -> 
         pool: &pool,
         zone: ZONE,
         max_instances: 2,
+        replaces: None,
     };
 
     let launched = launcher::launch_one(&ec2, &ice, &ranking(), request).await?;
@@ -125,6 +126,7 @@ async fn under_ice_the_third_ranked_type_launches_and_the_pool_limit_holds() -> 
         instance_id,
         instance_type,
         capacity,
+        ..
     } = launched
     else {
         panic!("expected a launch: {launched:?}");
@@ -197,6 +199,7 @@ async fn without_spot_capacity_the_walk_goes_on_demand_and_reports_every_failure
         pool: &pool,
         zone: ZONE,
         max_instances: 5,
+        replaces: None,
     };
 
     // The switch knows no market: every offering of the zone fails.
@@ -243,6 +246,7 @@ async fn without_spot_capacity_the_walk_goes_on_demand_and_reports_every_failure
         instance_id,
         instance_type,
         capacity,
+        ..
     } = outcome
     else {
         panic!("expected a launch: {outcome:?}");

@@ -10,19 +10,24 @@
 
 use std::time::{Duration, Instant};
 
+use aws_sdk_ec2::types::{
+    InstanceMarketOptionsRequest, InstanceType, LaunchTemplateSpecification, MarketType, Placement,
+    RequestLaunchTemplateData, ResourceType, Tag, TagSpecification,
+};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::Value;
 use spotkube_rig::autoscaling::{self, GroupSpec, LaunchTemplate};
-use spotkube_rig::aws::{EventKind, Moto, Queues};
+use spotkube_rig::aws::{EventKind, Moto, Queues, TEST_AMI};
 use spotkube_rig::faults::{NothingLost, POOL, Protection, create_pdb, metric_value};
 use spotkube_rig::nodes::is_ready;
 use spotkube_rig::programs::ProgramOptions;
 use spotkube_rig::{
-    Cluster, EndpointWatch, Program, Registrar, RegistrarOptions, TestNamespace, wait_for,
-    wait_for_ready_endpoints, wait_for_rollout, workloads,
+    Cluster, EndpointWatch, FakeNode, Program, Registrar, RegistrarOptions, TestNamespace,
+    wait_for, wait_for_ready_endpoints, wait_for_rollout, workloads,
 };
+use spotkube_shared::ranking::Ranking;
 
 static EXCLUSIVE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -493,4 +498,262 @@ async fn a_leader_killed_between_scale_up_and_drain_leaves_the_plan_to_the_next(
     }
     .await;
     s.test.report(result)
+}
+
+/// A launch template tagged `spotkube.io/pool=<pool>`.
+async fn pool_template(moto: &Moto, pool: &str) -> anyhow::Result<String> {
+    let out = moto
+        .ec2()
+        .await
+        .create_launch_template()
+        .launch_template_name(format!("{pool}-lt"))
+        .launch_template_data(
+            RequestLaunchTemplateData::builder()
+                .image_id(TEST_AMI)
+                .instance_type(InstanceType::from(SPOT_TYPE))
+                .build(),
+        )
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::LaunchTemplate)
+                .tags(Tag::builder().key("spotkube.io/pool").value(pool).build())
+                .build(),
+        )
+        .send()
+        .await?;
+    Ok(out
+        .launch_template()
+        .and_then(|t| t.launch_template_id())
+        .expect("a template id")
+        .to_string())
+}
+
+/// One spot instance of `instance_type` in `zone` from `template`, in pool `pool`.
+async fn launch_from(
+    moto: &Moto,
+    template: &str,
+    pool: &str,
+    instance_type: &str,
+    zone: &str,
+) -> anyhow::Result<String> {
+    let out = moto
+        .ec2()
+        .await
+        .run_instances()
+        .launch_template(
+            LaunchTemplateSpecification::builder()
+                .launch_template_id(template)
+                .build(),
+        )
+        .instance_type(InstanceType::from(instance_type))
+        .placement(Placement::builder().availability_zone(zone).build())
+        .instance_market_options(
+            InstanceMarketOptionsRequest::builder()
+                .market_type(MarketType::Spot)
+                .build(),
+        )
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::Instance)
+                .tags(Tag::builder().key("spotkube.io/pool").value(pool).build())
+                .build(),
+        )
+        .min_count(1)
+        .max_count(1)
+        .send()
+        .await?;
+    Ok(out
+        .instances()
+        .first()
+        .and_then(|i| i.instance_id())
+        .expect("an instance")
+        .to_string())
+}
+
+/// A launch-template pool (a node in no Auto Scaling group): with the first two ranked
+/// types of the node's zone out of capacity, the third is launched; the two are listed
+/// `unavailable` in the ranking ConfigMap, and the extender scores nodes of them as an
+/// unranked type while a node of the third keeps its rank. `web` never goes dark.
+#[tokio::test]
+async fn a_launch_template_pool_walks_the_ranking_past_offerings_out_of_capacity()
+-> anyhow::Result<()> {
+    let _alone = EXCLUSIVE.lock().await;
+    let cluster = Cluster::shared().await?;
+    let test = cluster
+        .namespace_with("cap-lt", &[("spotkube.io/enabled", "true")])
+        .await?;
+    let result = async {
+        let moto = Moto::start().await?;
+        let queues = moto
+            .create_queue_with_dlq(&format!("{}-events", test.name), 3)
+            .await?;
+        let configmap = format!("{}/spotkube-ranking", test.name);
+        let controller = cluster
+            .start_controller(
+                moto.controller_options(&queues.url, &test.name)
+                    .arg("--publish-ranking")
+                    .arg("--source=aws")
+                    .arg("--region=us-east-1")
+                    .arg(format!("--ranking-configmap={configmap}"))
+                    .arg("--capacity-interval=1s")
+                    .arg("--scale-back-interval=1s"),
+            )
+            .await?;
+        let cms: Api<ConfigMap> = Api::namespaced(test.client.clone(), &test.name);
+        let ranking = wait_for("the ranking published", Duration::from_secs(60), || async {
+            Ok(match cms.get_opt("spotkube-ranking").await? {
+                Some(cm) => Some(Ranking::from_json(
+                    &cm.data.unwrap_or_default()["ranking.json"],
+                )?),
+                None => None,
+            })
+        })
+        .await?;
+        let zone = ZONES[0];
+        let ranked: Vec<String> = ranking.zones[zone]
+            .iter()
+            .map(|e| e.instance_type.clone())
+            .collect();
+        anyhow::ensure!(ranked.len() >= 4, "{zone} ranks {ranked:?}");
+        let template = pool_template(&moto, &test.name).await?;
+        let registrar = Registrar::start(
+            &moto,
+            test.client.clone(),
+            RegistrarOptions::default()
+                .join_delay(Duration::from_secs(2))
+                .label(POOL, test.name.clone()),
+        )
+        .await;
+        let doomed = launch_from(&moto, &template, &test.name, &ranked[3], zone).await?;
+        let doomed_node = wait_for("the node joins", Duration::from_secs(60), || async {
+            Ok(registrar.node_name(&doomed))
+        })
+        .await?;
+        create_workload(&test, "web", 1).await?;
+        wait_for_rollout(&test.client, &test.name, "web", Duration::from_secs(60)).await?;
+        wait_for_ready_endpoints(&test.client, &test.name, "web", 1, Duration::from_secs(30))
+            .await?;
+        let web = EndpointWatch::start(&test.client, &test.name, "web");
+
+        let out: Vec<String> = ranked[..2].iter().map(|t| format!("{t}@{zone}")).collect();
+        let out: Vec<&str> = out.iter().map(String::as_str).collect();
+        moto.set_insufficient_capacity(&out).await?;
+        moto.send_event(
+            &queues.url,
+            EventKind::RebalanceRecommendation,
+            &doomed,
+            jiff::Timestamp::now(),
+        )
+        .await?;
+        let nodes: Api<Node> = Api::all(test.client.clone());
+        let replacement = wait_for("the node replaced", Duration::from_secs(120), || async {
+            if nodes.get_opt(&doomed_node).await?.is_some() {
+                return Ok(None);
+            }
+            Ok(registrar
+                .joined()
+                .into_iter()
+                .find(|(instance, _)| *instance != doomed))
+        })
+        .await?;
+        let launched =
+            autoscaling::ec2_instances(&moto, std::slice::from_ref(&replacement.0)).await?;
+        let launched_type = launched[0].instance_type().map(|t| t.as_str().to_string());
+        assert_eq!(
+            launched_type.as_deref(),
+            Some(ranked[2].as_str()),
+            "the third ranked type"
+        );
+        let pods: Api<Pod> = Api::namespaced(test.client.clone(), &test.name);
+        wait_for(
+            "web on the replacement",
+            Duration::from_secs(60),
+            || async {
+                let on: Vec<String> = pods
+                    .list(&ListParams::default().labels("app=web"))
+                    .await?
+                    .items
+                    .into_iter()
+                    .filter(|p| p.metadata.deletion_timestamp.is_none())
+                    .filter_map(|p| p.spec.and_then(|s| s.node_name))
+                    .collect();
+                Ok((on == [replacement.1.clone()]).then_some(()))
+            },
+        )
+        .await?;
+        let (min, _) = web.finish().await;
+        assert!(min >= 1, "web went dark");
+
+        // The two offerings are published unavailable.
+        let now = jiff::Timestamp::now();
+        let published = wait_for("the marks published", Duration::from_secs(30), || async {
+            let cm = cms.get("spotkube-ranking").await?;
+            let r = Ranking::from_json(&cm.data.unwrap_or_default()["ranking.json"])?;
+            let both = ranked[..2]
+                .iter()
+                .all(|t| r.is_unavailable(zone, t, spotkube_shared::node::CapacityType::Spot, now));
+            Ok(both.then_some(r))
+        })
+        .await?;
+        assert!(!published.is_unavailable(
+            zone,
+            &ranked[2],
+            spotkube_shared::node::CapacityType::Spot,
+            now
+        ));
+        // The extender scores a node of a marked type as unranked (2), the third keeps
+        // its rank (3 → 8).
+        let marked = FakeNode::spot(&ranked[0], zone);
+        let kept = FakeNode::spot(&ranked[2], zone);
+        marked.create(&test.client).await?;
+        kept.create(&test.client).await?;
+        let extender = cluster
+            .start_extender(ProgramOptions {
+                args: vec![format!("--ranking-configmap={configmap}")],
+                ..Default::default()
+            })
+            .await?;
+        let http = reqwest::Client::new();
+        let probe = serde_json::json!({
+            "Pod": {"metadata": {"name": "probe"}},
+            "Nodes": null,
+            "NodeNames": [marked.name, kept.name],
+        });
+        wait_for(
+            "the extender scores the marks",
+            Duration::from_secs(30),
+            || async {
+                let body: Value = http
+                    .post(format!("{}/prioritize", extender.url()))
+                    .json(&probe)
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                let score = |name: &str| {
+                    body.as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|h| h["Host"] == name)
+                        .map(|h| h["Score"].clone())
+                };
+                let want = (Some(serde_json::json!(2)), Some(serde_json::json!(8)));
+                Ok(((score(&marked.name), score(&kept.name)) == want).then_some(()))
+            },
+        )
+        .await?;
+        let metrics = controller.metrics().await?;
+        assert!(
+            metrics.contains("spotkube_controller_capacity_offerings_marked_total"),
+            "{metrics}"
+        );
+        assert_eq!(
+            moto.calls("TerminateInstances").await?,
+            1,
+            "the old instance"
+        );
+        Ok(())
+    }
+    .await;
+    test.report(result)
 }

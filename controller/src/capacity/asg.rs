@@ -54,7 +54,22 @@ pub async fn request_above(
         return Ok(Request::Capped { max: state.max });
     }
     let to = state.desired + 1;
-    let group = state.name.as_str();
+    match set_desired(autoscaling, &state.name, to).await? {
+        true => Ok(Request::Requested {
+            from: state.desired,
+            to,
+        }),
+        false => Ok(Request::Capped { max: state.max }),
+    }
+}
+
+/// `SetDesiredCapacity(to)`, HonorCooldown false; `false` when AWS refuses it as above
+/// MaxSize (the group changed since it was read).
+pub async fn set_desired(
+    autoscaling: &aws_sdk_autoscaling::Client,
+    group: &str,
+    to: i32,
+) -> Result<bool> {
     let call = || async {
         // Bound first, not matched inline: the IAM scan of aws_shipped.rs reads
         // `<client>.<operation>(` with whitespace removed.
@@ -71,14 +86,7 @@ pub async fn request_above(
             Err(e) => Err(e),
         }
     };
-    if send_retrying_throttling("SetDesiredCapacity", call).await? {
-        Ok(Request::Requested {
-            from: state.desired,
-            to,
-        })
-    } else {
-        Ok(Request::Capped { max: state.max })
-    }
+    send_retrying_throttling("SetDesiredCapacity", call).await
 }
 
 /// Terminates `instance_id` through its group with `ShouldDecrementDesiredCapacity`, so

@@ -1,7 +1,8 @@
 //! The launch-template launcher (issue 11 item 5), for nodes outside any Auto Scaling
 //! group: one replacement instance in a zone, launched with `RunInstances` from the
 //! pool's launch template, walking the zone's ranking one type at a time (spot first,
-//! then on-demand), skipping and marking offerings that have no capacity. Not wired.
+//! then on-demand), skipping and marking offerings that have no capacity. The capacity
+//! reconcile uses it for Nodes in no Auto Scaling group.
 //!
 //! A pool is a launch template tagged `spotkube.io/pool=<name>`; the instances spotkube
 //! launches carry `spotkube.io/pool=<name>` and `spotkube.io/launched-by=spotkube`, and
@@ -26,6 +27,12 @@ pub const POOL_TAG: &str = "spotkube.io/pool";
 /// On an instance spotkube launched, with value [`LAUNCHED_BY`].
 pub const LAUNCHED_BY_TAG: &str = "spotkube.io/launched-by";
 pub const LAUNCHED_BY: &str = "spotkube";
+/// On an instance spotkube launched as a replacement: the instance it replaces, so a
+/// leader that died between the launch and its record finds it instead of launching
+/// another.
+pub const REPLACES_TAG: &str = "spotkube.io/replaces";
+/// On a launch template: the most pending + running instances its pool may have.
+pub const MAX_INSTANCES_TAG: &str = "spotkube.io/max-instances";
 /// Set by AWS on the instances of an Auto Scaling group: those are `asg`'s business.
 const ASG_TAG: &str = "aws:autoscaling:groupName";
 /// Set by AWS on an instance launched from a launch template.
@@ -56,6 +63,9 @@ pub struct LaunchPool {
     /// Zone → the subnet to launch into there. A zone without one is asked by
     /// `Placement.AvailabilityZone` (the template's network settings then decide).
     pub subnets: BTreeMap<String, String>,
+    /// The template's [`MAX_INSTANCES_TAG`]; `None`: no limit beyond one replacement per
+    /// Node at risk.
+    pub max_instances: Option<usize>,
 }
 
 impl LaunchPool {
@@ -65,6 +75,7 @@ impl LaunchPool {
             launch_template_id: launch_template_id.to_string(),
             version: "$Default".to_string(),
             subnets: BTreeMap::new(),
+            max_instances: None,
         }
     }
 }
@@ -90,8 +101,17 @@ pub async fn discover(ec2: &aws_sdk_ec2::Client) -> Result<Vec<LaunchPool>> {
                 .iter()
                 .find(|t| t.key() == Some(POOL_TAG))
                 .and_then(|t| t.value());
+            let max = template
+                .tags()
+                .iter()
+                .find(|t| t.key() == Some(MAX_INSTANCES_TAG))
+                .and_then(|t| t.value())
+                .and_then(|v| v.trim().parse().ok());
             if let (Some(name), Some(id)) = (pool, template.launch_template_id()) {
-                pools.push(LaunchPool::new(name, id));
+                pools.push(LaunchPool {
+                    max_instances: max,
+                    ..LaunchPool::new(name, id)
+                });
             }
         }
         token = page
@@ -153,6 +173,8 @@ pub enum Launch {
         instance_id: String,
         instance_type: String,
         capacity: CapacityType,
+        /// The offerings that failed for capacity before (each now marked).
+        tried: Vec<(Offering, String)>,
     },
     /// Every offering of the walk failed for capacity or was already marked. `tried`:
     /// the offerings asked, in order, with the error code of each.
@@ -169,6 +191,8 @@ pub struct LaunchRequest<'a> {
     pub zone: &'a str,
     /// The most pending + running instances the pool may have.
     pub max_instances: usize,
+    /// The instance this launch replaces (tagged [`REPLACES_TAG`] on the new one).
+    pub replaces: Option<&'a str>,
 }
 
 /// Launches one instance of `request.pool` in `request.zone`, walking the zone's
@@ -196,12 +220,13 @@ pub async fn launch_one(
         if ice.is_unavailable(&attempt.offering) {
             continue;
         }
-        match run_one(ec2, request.pool, &attempt).await? {
+        match run_one(ec2, request.pool, &attempt, request.replaces).await? {
             Ok(instance_id) => {
                 return Ok(Launch::Launched {
                     instance_id,
                     instance_type: attempt.offering.instance_type,
                     capacity: attempt.offering.capacity,
+                    tried,
                 });
             }
             Err(code) => {
@@ -212,6 +237,78 @@ pub async fn launch_one(
         }
     }
     Ok(Launch::Exhausted { tried })
+}
+
+/// The pending or running instance launched to replace `instance_id`, if any.
+pub async fn replacement_of(
+    ec2: &aws_sdk_ec2::Client,
+    instance_id: &str,
+) -> Result<Option<String>> {
+    let call = || async {
+        ec2.describe_instances()
+            .filters(
+                Filter::builder()
+                    .name(format!("tag:{REPLACES_TAG}"))
+                    .values(instance_id)
+                    .build(),
+            )
+            .filters(
+                Filter::builder()
+                    .name("instance-state-name")
+                    .values("pending")
+                    .values("running")
+                    .build(),
+            )
+            .send()
+            .await
+    };
+    let out = send_retrying_throttling("DescribeInstances", call).await?;
+    Ok(out
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .find_map(|i| i.instance_id().map(str::to_string)))
+}
+
+/// The tags of `instance_id` (empty when EC2 does not know it).
+pub async fn instance_tags(
+    ec2: &aws_sdk_ec2::Client,
+    instance_id: &str,
+) -> Result<BTreeMap<String, String>> {
+    let call = || async {
+        ec2.describe_instances()
+            .instance_ids(instance_id)
+            .send()
+            .await
+    };
+    let out = match send_retrying_throttling("DescribeInstances", call).await {
+        Ok(out) => out,
+        // An instance EC2 no longer knows has no pool.
+        Err(Error::Aws { message, .. }) if message.contains("InvalidInstanceID") => {
+            return Ok(BTreeMap::new());
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(out
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .flat_map(|i| i.tags())
+        .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
+        .collect())
+}
+
+/// Terminates an instance spotkube replaced (a launch-template pool's: no group will
+/// launch another for it).
+pub async fn terminate(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Result<()> {
+    let call = || async {
+        ec2.terminate_instances()
+            .instance_ids(instance_id)
+            .send()
+            .await
+    };
+    send_retrying_throttling("TerminateInstances", call).await?;
+    Ok(())
 }
 
 /// The pool's pending and running instances.
@@ -259,13 +356,14 @@ async fn run_one(
     ec2: &aws_sdk_ec2::Client,
     pool: &LaunchPool,
     attempt: &Attempt,
+    replaces: Option<&str>,
 ) -> Result<std::result::Result<String, String>> {
     let offering = &attempt.offering;
     let template = LaunchTemplateSpecification::builder()
         .launch_template_id(&pool.launch_template_id)
         .version(&pool.version)
         .build();
-    let tags = TagSpecification::builder()
+    let mut tags = TagSpecification::builder()
         .resource_type(ResourceType::Instance)
         .tags(Tag::builder().key(POOL_TAG).value(&pool.name).build())
         .tags(
@@ -273,8 +371,11 @@ async fn run_one(
                 .key(LAUNCHED_BY_TAG)
                 .value(LAUNCHED_BY)
                 .build(),
-        )
-        .build();
+        );
+    if let Some(replaces) = replaces {
+        tags = tags.tags(Tag::builder().key(REPLACES_TAG).value(replaces).build());
+    }
+    let tags = tags.build();
     let market = (offering.capacity == CapacityType::Spot).then(|| {
         InstanceMarketOptionsRequest::builder()
             .market_type(MarketType::Spot)

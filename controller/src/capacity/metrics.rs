@@ -29,6 +29,14 @@ pub struct CapacityMetrics {
     pub requested_to_ready: Histogram,
     /// Offerings marked unavailable, by reason (`capacity-error`, `spot-interruption`).
     pub offerings_marked: Family<Labels, Counter>,
+    /// Opted-in pods Unschedulable beyond `--pending-after` (`spotkube_controller_pending_pods`).
+    pub pending_pods: Gauge,
+    /// Those pods as reported, once each, by the scheduler's reason
+    /// (`spotkube_controller_unschedulable_pods_total`).
+    pub unschedulable: Family<Labels, Counter>,
+    /// Pool scale-ups for Unschedulable pods, by pool and outcome (`requested`, `capped`);
+    /// each is also in `requests`.
+    pub pending_scale_ups: Family<Labels, Counter>,
 }
 
 impl CapacityMetrics {
@@ -43,7 +51,23 @@ impl CapacityMetrics {
             recorded_to_requested: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
             requested_to_ready: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             offerings_marked: Family::default(),
+            pending_pods: Gauge::default(),
+            unschedulable: Family::default(),
+            pending_scale_ups: Family::default(),
         };
+        // The pending-pods loop reports pods whether or not capacity is on: not under
+        // the capacity prefix.
+        let top = registry.sub_registry_with_prefix("spotkube_controller");
+        top.register(
+            "pending_pods",
+            "Opted-in pods Unschedulable for longer than --pending-after",
+            m.pending_pods.clone(),
+        );
+        top.register(
+            "unschedulable_pods",
+            "Opted-in pods reported Unschedulable past --pending-after, by the scheduler's reason (each reason of a pod counted once)",
+            m.unschedulable.clone(),
+        );
         let r = registry.sub_registry_with_prefix("spotkube_controller_capacity");
         r.register(
             "requests",
@@ -89,6 +113,11 @@ impl CapacityMetrics {
             "offerings_marked",
             "Offerings (type, zone, capacity type) marked unavailable for --ice-ttl, by reason",
             m.offerings_marked.clone(),
+        );
+        r.register(
+            "pending_scale_ups",
+            "Spot groups raised by one for Unschedulable opted-in pods, by pool and outcome (requested, capped)",
+            m.pending_scale_ups.clone(),
         );
         m
     }

@@ -100,7 +100,12 @@ pub struct CapacityRequest {
     /// The Auto Scaling group asked for one more instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
-    /// `group` is the pool's on-demand fallback.
+    /// A launch-template pool's request (no group): the template the replacement was
+    /// launched from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_template: Option<String>,
+    /// `group` is the pool's on-demand fallback (or, for a launch-template pool, the
+    /// replacement was launched on-demand).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fallback: bool,
     /// The group's desired capacity before the request.
@@ -142,6 +147,7 @@ impl CapacityRequest {
             deadline,
             pool: None,
             group: None,
+            launch_template: None,
             fallback: false,
             from: None,
             to: None,

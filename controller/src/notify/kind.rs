@@ -3,8 +3,7 @@
 use kube::runtime::events::EventType;
 
 /// The kinds a receiver can filter on (`kind` in the generic payload). Behaviours
-/// spotkube does not have yet (capacity fallback, Fargate failover) slot in as a
-/// variant here and their Event reasons as a row in [`Kind::of_event`]: the payloads,
+/// spotkube does not have yet (Fargate failover) slot in as a variant here and their Event reasons as a row in [`Kind::of_event`]: the payloads,
 /// dedup and rate limits are the same for every kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -20,6 +19,9 @@ pub enum Kind {
     SurgeScaledBack,
     /// A pod evicted from a Node being drained.
     Evicted,
+    /// Replacement capacity could not come from a pool's spot group: asked of its
+    /// on-demand fallback, none at all, or the group at MaxSize; and the fallback's end.
+    CapacityFallback,
     /// An action failed (it is retried), or something spotkube relies on is down.
     Failure,
 }
@@ -34,6 +36,21 @@ impl Kind {
             "ReplacementReady" => Some(Kind::SurgeFinished),
             "SurgeEnded" => Some(Kind::SurgeScaledBack),
             "Evicted" => Some(Kind::Evicted),
+            "SpotkubeCapacityFallback"
+            | "SpotkubeCapacityUnavailable"
+            | "SpotkubeCapacityCapped"
+            // The on-demand fallback ends: the cost the fallback notification announced.
+            | "SpotkubeFallbackScaleBack" => Some(Kind::CapacityFallback),
+            // The node's marks and taint go, as when an interruption is cleared.
+            "SpotkubeRebalanceExpired" => Some(Kind::InterruptionCleared),
+            // A replacement going as planned: its steps follow the interruption already
+            // notified, and would spend the sinks' rate limit on what needs no one. A
+            // node of no pool is the expected case beside Karpenter.
+            "SpotkubeCapacityRequested"
+            | "SpotkubeReplacementReady"
+            | "SpotkubeNodeTerminated"
+            | "SpotkubeNoCapacityPool"
+            | "SpotkubePendingScaleUp" => None,
             "SpotkubeActionFailed" | "SchedulerUnavailable" => Some(Kind::Failure),
             // A Warning is always someone's problem: one added later without a row
             // here still reaches the operator, as a failure.
@@ -51,6 +68,7 @@ impl Kind {
             Kind::SurgeFinished => "surge_finished",
             Kind::SurgeScaledBack => "surge_scaled_back",
             Kind::Evicted => "evicted",
+            Kind::CapacityFallback => "capacity_fallback",
             Kind::Failure => "failure",
         }
     }
@@ -64,6 +82,7 @@ impl Kind {
             Kind::SurgeFinished => ":white_check_mark: Surge finished",
             Kind::SurgeScaledBack => ":arrow_down: Surge scaled back",
             Kind::Evicted => ":outbox_tray: Pod evicted",
+            Kind::CapacityFallback => ":warning: Capacity fallback",
             Kind::Failure => ":x: spotkube action failed",
         }
     }
@@ -90,11 +109,52 @@ mod tests {
             (Normal, "Evicted", Some(Kind::Evicted)),
             (Warning, "SpotkubeActionFailed", Some(Kind::Failure)),
             (Warning, "SchedulerUnavailable", Some(Kind::Failure)),
+            (
+                Warning,
+                "SpotkubeCapacityFallback",
+                Some(Kind::CapacityFallback),
+            ),
+            (
+                Warning,
+                "SpotkubeCapacityUnavailable",
+                Some(Kind::CapacityFallback),
+            ),
+            (
+                Warning,
+                "SpotkubeCapacityCapped",
+                Some(Kind::CapacityFallback),
+            ),
+            (
+                Normal,
+                "SpotkubeFallbackScaleBack",
+                Some(Kind::CapacityFallback),
+            ),
+            (
+                Normal,
+                "SpotkubeRebalanceExpired",
+                Some(Kind::InterruptionCleared),
+            ),
+            (Normal, "SpotkubeCapacityRequested", None),
+            (Normal, "SpotkubeReplacementReady", None),
+            (Normal, "SpotkubeNodeTerminated", None),
+            (Normal, "SpotkubeNoCapacityPool", None),
+            (Normal, "SpotkubePendingScaleUp", None),
+            (Warning, "SpotkubePodUnschedulable", Some(Kind::Failure)),
             (Warning, "SomethingNewAndBad", Some(Kind::Failure)),
             (Normal, "SomethingNewAndFine", None),
         ];
         for (type_, reason, kind) in cases {
             assert_eq!(Kind::of_event(type_, reason), kind, "{reason}");
         }
+    }
+
+    #[test]
+    fn the_capacity_fallback_kind_has_its_payload_name_and_title() {
+        assert_eq!(Kind::CapacityFallback.as_str(), "capacity_fallback");
+        assert!(
+            Kind::CapacityFallback.title().contains("Capacity fallback"),
+            "{}",
+            Kind::CapacityFallback.title()
+        );
     }
 }

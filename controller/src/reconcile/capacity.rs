@@ -11,12 +11,13 @@
 //! Requests are carried out one at a time (one loop): two requests for one group never
 //! read the same desired capacity.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aws_sdk_autoscaling::types::Activity;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
@@ -25,6 +26,7 @@ use spotkube_shared::annotations::{
     CAPACITY_REQUEST, FALLBACK_FOR, InterruptionKind, InterruptionNotice,
 };
 use spotkube_shared::node::NodeIdentity;
+use spotkube_shared::ranking::{CONFIGMAP_KEY, Ranking};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -34,6 +36,7 @@ use crate::capacity::CapacityType;
 use crate::capacity::activity::{self, Outcome};
 use crate::capacity::asg::{self, Request, Termination};
 use crate::capacity::ice::{Offering, Reason};
+use crate::capacity::launcher::{self, Launch, LaunchPool, LaunchRequest};
 use crate::capacity::metrics::labels;
 use crate::capacity::pools::{self, DiscoveryConfig, Pools};
 use crate::capacity::request::{self, CapacityRequest, Phase, Trigger};
@@ -56,6 +59,8 @@ pub struct Settings {
     /// are drained (`--fallback-stable-window`).
     pub stable_window: Duration,
     pub every: Duration,
+    /// The published ranking (`--ranking-configmap`): launch-template pools walk it.
+    pub ranking_configmap: (String, String),
 }
 
 /// The loop and what it needs.
@@ -63,6 +68,8 @@ pub struct Settings {
 pub struct CapacityLoop {
     pub actor: Actor,
     pub autoscaling: aws_sdk_autoscaling::Client,
+    /// Launch-template pools launch and terminate through EC2.
+    pub ec2: aws_sdk_ec2::Client,
     pub settings: Settings,
     /// Woken by the intake when it records a request, so the request is sent at once.
     pub wake: Arc<Notify>,
@@ -117,6 +124,10 @@ struct Pass<'a> {
     nodes: Api<Node>,
     /// Discovered once per pass, when a step needs it.
     pools: Option<Pools>,
+    launch_pools: Option<Vec<LaunchPool>>,
+    /// Each group's state and scaling activities, read once per pass: every request of
+    /// a group is judged from the same read.
+    outcomes: HashMap<String, (Timestamp, pools::Group, Vec<Activity>)>,
     /// Instances already paired with a Node.
     claimed: HashSet<String>,
     /// At-risk Nodes draining after a rebalance (or a scale-back) now.
@@ -170,6 +181,8 @@ impl CapacityLoop {
             run: self,
             nodes,
             pools: None,
+            launch_pools: None,
+            outcomes: HashMap::new(),
             claimed: requests
                 .iter()
                 .filter_map(|(_, r)| r.replacement.clone())
@@ -184,6 +197,12 @@ impl CapacityLoop {
         let mut failures = Vec::new();
         // Oldest requests first: they pair with the first replacements.
         requests.sort_by_key(|(_, r)| r.requested_at.unwrap_or(r.since));
+        let (wanted, requests): (Vec<_>, Vec<_>) = requests
+            .into_iter()
+            .partition(|(_, r)| r.phase == Phase::Wanted);
+        if let Err(error) = pass.ask_wanted(wanted).await {
+            failures.push(error);
+        }
         for (node, request) in requests {
             let span = tracing::info_span!("capacity", node = %node.name_any(), phase = request.phase.as_str());
             if let Err(error) = pass.step(&node, request).instrument(span).await {
@@ -243,9 +262,52 @@ impl Pass<'_> {
         }
     }
 
-    /// Finds the Node's pool and asks its group (or, when that side cannot launch, the
-    /// fallback) for one more node.
-    async fn wanted(&mut self, node: &Node, request: CapacityRequest) -> Result<()> {
+    /// Asks for every `wanted` request: those of Auto Scaling pools together, one
+    /// `SetDesiredCapacity` per group for all of its requests of this pass (a burst of
+    /// recommendations costs one call per group, not one per node); the others one by
+    /// one.
+    async fn ask_wanted(&mut self, wanted: Vec<(Node, CapacityRequest)>) -> Result<()> {
+        let attempted = wanted.len();
+        let mut failures = Vec::new();
+        let mut by_group: BTreeMap<String, Vec<(Node, CapacityRequest)>> = BTreeMap::new();
+        for (node, request) in wanted {
+            let span = tracing::info_span!("capacity", node = %node.name_any(), phase = "wanted");
+            match self
+                .group_of(&node, &request)
+                .instrument(span.clone())
+                .await
+            {
+                Ok(Some((group, pool))) => {
+                    let request = CapacityRequest {
+                        pool: Some(pool),
+                        ..request
+                    };
+                    by_group.entry(group).or_default().push((node, request));
+                }
+                Ok(None) => {
+                    if let Err(error) = self.wanted(&node, request).instrument(span).await {
+                        failures.push(error);
+                    }
+                }
+                Err(error) => failures.push(error),
+            }
+        }
+        for (group, members) in by_group {
+            let span = tracing::info_span!("capacity", group = %group, requests = members.len());
+            if let Err(error) = self.ask_batch(&group, members).instrument(span).await {
+                failures.push(error);
+            }
+        }
+        Error::collect(failures, attempted)
+    }
+
+    /// The Auto Scaling group (and pool) a Node's replacement comes from; `None` when
+    /// the Node is in no group (a launch-template pool, or no pool at all).
+    async fn group_of(
+        &mut self,
+        node: &Node,
+        request: &CapacityRequest,
+    ) -> Result<Option<(String, String)>> {
         let identity = NodeIdentity::of(node, None);
         if request.trigger == Trigger::Interruption
             && let (Some(t), Some(z)) = (&identity.instance_type, &identity.zone)
@@ -256,27 +318,130 @@ impl Pass<'_> {
                 Reason::SpotInterruption,
             );
         }
+        let Some(instance) = identity.instance_id() else {
+            return Ok(None);
+        };
+        // The group itself chooses among its types and zones (and avoids a reclaimed
+        // offering); its scaling activities tell whether it could.
+        Ok(self
+            .pools()
+            .await?
+            .pool_of_instance(instance, &[])
+            .map(|m| (m.group.name.clone(), m.pool.name.clone())))
+    }
+
+    /// Raises `group` once by as many as it has room for, for `members` (oldest first);
+    /// the rest are capped. Each member records `requesting` with the group's desired
+    /// capacity before the call, so a new leader can tell whether it was made.
+    async fn ask_batch(
+        &mut self,
+        group: &str,
+        members: Vec<(Node, CapacityRequest)>,
+    ) -> Result<()> {
+        let state = pools::describe_group(self.autoscaling(), group).await?;
+        let room = usize::try_from(state.max - state.desired).unwrap_or(0);
+        let asked = members.len().min(room);
+        let to = state.desired + asked as i32;
+        let mut requesting = Vec::new();
+        let mut rest = Vec::new();
+        for (i, (node, request)) in members.into_iter().enumerate() {
+            let request = CapacityRequest {
+                group: Some(group.to_string()),
+                fallback: false,
+                from: Some(state.desired),
+                to: Some(to),
+                requested_at: None,
+                ..request.enter(Phase::Requesting, self.now)
+            };
+            if i < asked {
+                self.save(&node, &request).await?;
+                requesting.push((node, request));
+            } else {
+                rest.push((node, request));
+            }
+        }
+        let sent = match requesting.is_empty() {
+            true => false,
+            false => asg::set_desired(self.autoscaling(), group, to).await?,
+        };
+        if !sent {
+            // Nothing asked (no room, or the group changed under us): capped.
+            rest.splice(0..0, requesting.drain(..));
+        }
+        let at = Timestamp::now();
+        for (node, request) in requesting {
+            let recorded = request.since;
+            let request = CapacityRequest {
+                requested_at: Some(at),
+                ..request.enter(Phase::Requested, at)
+            };
+            self.save(&node, &request).await?;
+            self.requested_counted(&node, &request, recorded, "spot")
+                .await;
+        }
+        for (node, request) in rest {
+            let request = CapacityRequest {
+                to: None,
+                ..request
+            };
+            self.capped(&node, request, state.max).await?;
+        }
+        Ok(())
+    }
+
+    /// The metrics and Event of a request sent.
+    async fn requested_counted(
+        &self,
+        node: &Node,
+        request: &CapacityRequest,
+        recorded: Timestamp,
+        side: &str,
+    ) {
+        let m = &self.ctx().metrics.capacity;
+        m.recorded_to_requested.observe(
+            Timestamp::now()
+                .duration_since(recorded)
+                .as_secs_f64()
+                .max(0.0),
+        );
+        let pool = request.pool.clone().unwrap_or_default();
+        m.requests
+            .get_or_create(&labels(&pool, "capacity", side))
+            .inc();
+        self.event(
+            node,
+            EventType::Normal,
+            "SpotkubeCapacityRequested",
+            format!(
+                "asked Auto Scaling group {} for one more node ({} -> {}) to replace this one ({})",
+                request.group.as_deref().unwrap_or_default(),
+                request.from.unwrap_or_default(),
+                request.to.unwrap_or_default(),
+                request.trigger.as_str()
+            ),
+        )
+        .await;
+    }
+
+    /// A Node in no Auto Scaling group: a launch-template pool, or no pool.
+    async fn wanted(&mut self, node: &Node, request: CapacityRequest) -> Result<()> {
+        let identity = NodeIdentity::of(node, None);
         let Some(instance) = identity.instance_id().map(str::to_string) else {
             return self
                 .no_pool(node, request, "it has no AWS providerID")
                 .await;
         };
-        let pools = self.pools().await?;
-        let Some(member) = pools.pool_of_instance(&instance, &[]) else {
-            let why = format!(
-                "no Auto Scaling group tagged {} lists instance {instance}",
-                pools::POOL_TAG
-            );
-            return self.no_pool(node, request, &why).await;
-        };
-        // The group itself chooses among its types and zones (and avoids a reclaimed
-        // offering); its scaling activities tell whether it could.
-        let request = CapacityRequest {
-            pool: Some(member.pool.name.clone()),
-            ..request
-        };
-        let group = member.group.name.clone();
-        self.ask(node, request, &group, false).await
+        if let Some(member) = self.pools().await?.pool_of_instance(&instance, &[]) {
+            // Resumed from `requesting` without a group recorded.
+            let request = CapacityRequest {
+                pool: Some(member.pool.name.clone()),
+                ..request
+            };
+            let group = member.group.name.clone();
+            return self.ask(node, request, &group, false).await;
+        }
+        self.via_launch_template(node, request, &instance, &identity)
+            .await
     }
 
     async fn no_pool(&self, node: &Node, request: CapacityRequest, why: &str) -> Result<()> {
@@ -324,30 +489,14 @@ impl Pass<'_> {
             Request::Requested { from, to } => {
                 let recorded = request.since;
                 request = CapacityRequest {
+                    from: Some(from),
                     to: Some(to),
                     requested_at: Some(Timestamp::now()),
                     ..request.enter(Phase::Requested, Timestamp::now())
                 };
                 self.save(node, &request).await?;
-                let m = &self.ctx().metrics.capacity;
-                m.recorded_to_requested.observe(
-                    Timestamp::now()
-                        .duration_since(recorded)
-                        .as_secs_f64()
-                        .max(0.0),
-                );
-                let pool = request.pool.clone().unwrap_or_default();
                 let side = if fallback { "on-demand" } else { "spot" };
-                m.requests
-                    .get_or_create(&labels(&pool, "capacity", side))
-                    .inc();
-                self.event(
-                    node,
-                    EventType::Normal,
-                    "SpotkubeCapacityRequested",
-                    format!("asked Auto Scaling group {group} for one more node ({from} -> {to}) to replace this one ({})", request.trigger.as_str()),
-                )
-                .await;
+                self.requested_counted(node, &request, recorded, side).await;
                 Ok(())
             }
             Request::Capped { max } => self.capped(node, request, max).await,
@@ -462,6 +611,180 @@ impl Pass<'_> {
             .inc();
     }
 
+    /// A Node in no Auto Scaling group: its instance's launch-template pool, if any,
+    /// launches the replacement in the Node's zone walking the zone's ranking.
+    async fn via_launch_template(
+        &mut self,
+        node: &Node,
+        request: CapacityRequest,
+        instance: &str,
+        identity: &NodeIdentity,
+    ) -> Result<()> {
+        let ec2 = self.run.ec2.clone();
+        let tags = launcher::instance_tags(&ec2, instance).await?;
+        if self.launch_pools.is_none() {
+            self.launch_pools = Some(launcher::discover(&ec2).await?);
+        }
+        let pools = self.launch_pools.as_deref().unwrap_or_default();
+        let (Some(pool), Some(zone)) = (
+            launcher::pool_of(&tags, pools).cloned(),
+            identity.zone.clone(),
+        ) else {
+            let why = format!(
+                "no Auto Scaling group tagged {} lists instance {instance}, and no launch template tagged {} launched it",
+                pools::POOL_TAG,
+                launcher::POOL_TAG
+            );
+            return self.no_pool(node, request, &why).await;
+        };
+        let mut request = CapacityRequest {
+            pool: Some(pool.name.clone()),
+            launch_template: Some(pool.launch_template_id.clone()),
+            ..request.enter(Phase::Requesting, self.now)
+        };
+        self.save(node, &request).await?;
+        // A leader that died after the launch left it tagged with the instance it replaces.
+        let launch = match launcher::replacement_of(&ec2, instance).await? {
+            Some(instance_id) => Launch::Launched {
+                instance_id,
+                instance_type: String::new(),
+                capacity: CapacityType::Unknown,
+                tried: Vec::new(),
+            },
+            None => {
+                let ranking = self.ranking().await?;
+                let ask = LaunchRequest {
+                    pool: &pool,
+                    zone: &zone,
+                    max_instances: pool.max_instances.unwrap_or(usize::MAX),
+                    replaces: Some(instance),
+                };
+                launcher::launch_one(&ec2, &self.ctx().ice, &ranking, ask).await?
+            }
+        };
+        match launch {
+            Launch::Launched {
+                instance_id,
+                instance_type,
+                capacity,
+                tried,
+            } => {
+                self.marked_by_launch(&tried);
+                let recorded = request.since;
+                request = CapacityRequest {
+                    replacement: Some(instance_id.clone()),
+                    requested_at: Some(Timestamp::now()),
+                    fallback: capacity == CapacityType::OnDemand,
+                    ..request.enter(Phase::Requested, Timestamp::now())
+                };
+                self.save(node, &request).await?;
+                let m = &self.ctx().metrics.capacity;
+                m.recorded_to_requested.observe(
+                    Timestamp::now()
+                        .duration_since(recorded)
+                        .as_secs_f64()
+                        .max(0.0),
+                );
+                m.requests
+                    .get_or_create(&labels(&pool.name, "capacity", capacity.as_str()))
+                    .inc();
+                self.event(
+                    node,
+                    EventType::Normal,
+                    "SpotkubeCapacityRequested",
+                    format!(
+                        "launched instance {instance_id} ({instance_type} {}, {zone}) from pool {}'s launch template to replace this one ({})",
+                        capacity.as_str(),
+                        pool.name,
+                        request.trigger.as_str()
+                    ),
+                )
+                .await;
+                Ok(())
+            }
+            Launch::Exhausted { tried } => {
+                self.marked_by_launch(&tried);
+                let tried: Vec<String> = tried
+                    .iter()
+                    .map(|(o, code)| format!("{o}: {code}"))
+                    .collect();
+                let why = format!(
+                    "no ranked offering of zone {zone} could launch ({})",
+                    if tried.is_empty() {
+                        "every one is marked unavailable".to_string()
+                    } else {
+                        tried.join(", ")
+                    }
+                );
+                self.fall_back(node, request, "capacity-error", why).await
+            }
+            Launch::Capped { running, max } => {
+                let why = format!(
+                    "pool {} has {running} instances, its limit is {max}",
+                    pool.name
+                );
+                self.fall_back(node, request, "at-max", why).await
+            }
+        }
+    }
+
+    /// The launcher marks the offerings it found without capacity: count them.
+    fn marked_by_launch(&self, tried: &[(Offering, String)]) {
+        let marks = &self.ctx().metrics.capacity.offerings_marked;
+        for _ in tried {
+            marks
+                .get_or_create(&vec![(
+                    "reason",
+                    Reason::CapacityError.as_str().to_string(),
+                )])
+                .inc();
+        }
+    }
+
+    /// The published ranking, for launch-template pools.
+    async fn ranking(&self) -> Result<Ranking> {
+        let (namespace, name) = &self.run.settings.ranking_configmap;
+        let api: Api<ConfigMap> = Api::namespaced(self.ctx().client.clone(), namespace);
+        let text = api
+            .get_opt(name)
+            .await
+            .kube("get", format_args!("configmap/{namespace}/{name}"))?
+            .and_then(|c| c.data)
+            .and_then(|mut d| d.remove(CONFIGMAP_KEY))
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "no ranking in configmap/{namespace}/{name}: launch-template pools walk the published ranking (--publish-ranking)"
+                ))
+            })?;
+        Ranking::from_json(&text)
+            .map_err(|e| Error::Invalid(format!("configmap/{namespace}/{name}: {e}")))
+    }
+
+    /// A launch-template pool's replacement is known from the launch: wait for its
+    /// Node to be Ready, up to the timeout.
+    async fn launched_joined(&mut self, node: &Node, request: CapacityRequest) -> Result<()> {
+        let Some(instance) = request.replacement.clone() else {
+            return self
+                .wanted(node, request.enter(Phase::Wanted, self.now))
+                .await;
+        };
+        if let Some(name) = self.ctx().nodes.node_for(&instance) {
+            let joined = self.nodes.get_opt(&name).await;
+            let joined = joined.kube("get", format!("node/{name}"))?;
+            if joined.as_ref().is_some_and(is_ready) {
+                return self.replacement_ready(node, request, instance, name).await;
+            }
+        }
+        if request.timed_out(self.run.settings.timeout, self.now) {
+            let why = format!(
+                "instance {instance} has no Ready node after {}",
+                humantime::format_duration(request.wait_limit(self.run.settings.timeout))
+            );
+            return self.fall_back(node, request, "timeout", why).await;
+        }
+        Ok(())
+    }
+
     /// A leader died between `requesting` and `requested`: the group tells whether the
     /// request was sent.
     async fn requesting(&mut self, node: &Node, request: CapacityRequest) -> Result<()> {
@@ -473,7 +796,7 @@ impl Pass<'_> {
         let state = pools::describe_group(self.autoscaling(), &group).await?;
         if state.desired > from {
             let request = CapacityRequest {
-                to: Some(from + 1),
+                to: Some(request.to.unwrap_or(from + 1)),
                 requested_at: Some(request.since),
                 ..request.enter(Phase::Requested, request.since)
             };
@@ -490,12 +813,15 @@ impl Pass<'_> {
     /// Waits for a Ready Node of a new instance of the group; a capacity error or the
     /// timeout moves the request to the fallback.
     async fn requested(&mut self, node: &Node, request: CapacityRequest) -> Result<()> {
+        if request.launch_template.is_some() {
+            return self.launched_joined(node, request).await;
+        }
         let (Some(group), Some(at)) = (request.group.clone(), request.requested_at) else {
             return self
                 .wanted(node, request.enter(Phase::Wanted, self.now))
                 .await;
         };
-        let outcome = activity::outcome(self.autoscaling(), &group, at).await?;
+        let outcome = self.outcome(&group, at).await?;
         match outcome {
             Outcome::Launched(instances) => {
                 let ctx = self.ctx().clone();
@@ -554,6 +880,23 @@ impl Pass<'_> {
         Ok(())
     }
 
+    /// [`activity::outcome`], from one read of the group per pass (refreshed when an
+    /// older request needs activities from further back).
+    async fn outcome(&mut self, group: &str, since: Timestamp) -> Result<Outcome> {
+        let fresh = self
+            .outcomes
+            .get(group)
+            .is_some_and(|(from, _, _)| *from <= since);
+        if !fresh {
+            let state = pools::describe_group(self.autoscaling(), group).await?;
+            let activities = activity::activities_since(self.autoscaling(), group, since).await?;
+            self.outcomes
+                .insert(group.to_string(), (since, state, activities));
+        }
+        let (_, state, activities) = &self.outcomes[group];
+        Ok(activity::classify(activities, since, state))
+    }
+
     async fn replacement_ready(
         &mut self,
         node: &Node,
@@ -562,7 +905,7 @@ impl Pass<'_> {
         replacement: String,
     ) -> Result<()> {
         self.claimed.insert(instance.clone());
-        if request.fallback {
+        if request.fallback && request.launch_template.is_none() {
             // The fallback Node carries its pool: it is scaled back once spot is back.
             let pool = request.pool.clone().unwrap_or_default();
             let patch = json!({ "metadata": { "annotations": { FALLBACK_FOR: pool } } });
@@ -649,7 +992,13 @@ impl Pass<'_> {
         let Some(instance) = identity.instance_id() else {
             return Ok(());
         };
-        let result = asg::terminate_with_decrement(self.autoscaling(), instance).await?;
+        let result = match request.launch_template {
+            Some(_) => {
+                launcher::terminate(&self.run.ec2, instance).await?;
+                Termination::Terminating { activity: None }
+            }
+            None => asg::terminate_with_decrement(self.autoscaling(), instance).await?,
+        };
         let note = match &result {
             Termination::Terminating { .. } => format!(
                 "drained{}; instance {instance} terminated through its Auto Scaling group with the desired capacity lowered{}",

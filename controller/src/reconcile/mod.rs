@@ -7,6 +7,7 @@
 //! - [`scale_back`]: end scaled surges whose hold is over.
 //! - [`ranking`]: refresh and publish the price ranking.
 //! - [`unscheduled`]: report pods spotkube's scheduler has not picked up (it is down).
+//! - [`pending`]: report opted-in pods left Unschedulable, and scale their pool up.
 //! - [`namespace_labels`]: mirror the opt-in annotation to the label the webhook selects.
 //! - [`savings`]: compute what opted-in workloads cost and export it as metrics.
 //! - [`external_signals`]: act on what Karpenter, NTH or Cluster Autoscaler do to a Node.
@@ -17,6 +18,7 @@ pub mod drain;
 pub mod extender_health;
 pub mod external_signals;
 pub mod namespace_labels;
+pub mod pending;
 pub mod ranking;
 pub mod savings;
 pub mod scale_back;

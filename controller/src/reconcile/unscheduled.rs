@@ -6,6 +6,7 @@
 //! `spotkube_controller_unscheduled_pods`.
 
 use std::collections::{BTreeMap, HashSet};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::runtime::events::EventType;
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
-use spotkube_shared::admin::Readiness;
+use spotkube_shared::admin::{Gate, Readiness};
 use spotkube_shared::watch::{self, WatchIndex};
 use tokio_util::sync::CancellationToken;
 
@@ -57,46 +58,17 @@ pub fn awaits_scheduler(pod: &Pod) -> bool {
     }
 }
 
-/// The pods waiting for the scheduler, by uid; fed by the shared watch driver.
-#[derive(Clone, Default)]
-pub struct WaitingPods {
-    inner: Arc<Mutex<BTreeMap<String, Waiting>>>,
+/// What a [`PodIndex`] keeps of a pod it tracks.
+pub trait Tracked: Clone + Send + 'static {
+    /// `None`: the pod is not (or no longer) tracked.
+    fn read(pod: &Pod) -> Option<Self>;
+    fn uid(&self) -> &str;
+    /// Since when the pod has waited.
+    fn since(&self) -> Timestamp;
 }
 
-impl WaitingPods {
-    /// Pods that have waited longer than `after` at `now`, oldest first.
-    pub fn overdue(&self, now: Timestamp, after: Duration) -> Vec<Waiting> {
-        let mut overdue: Vec<Waiting> = self
-            .inner
-            .lock()
-            .expect("waiting pods lock")
-            .values()
-            .filter(|w| waited(w, now) > after)
-            .cloned()
-            .collect();
-        overdue.sort_by_key(|w| w.since);
-        overdue
-    }
-
-    pub fn contains(&self, uid: &str) -> bool {
-        self.inner
-            .lock()
-            .expect("waiting pods lock")
-            .contains_key(uid)
-    }
-}
-
-/// How long `pod` has waited at `now` (zero if its clock is ahead of ours).
-fn waited(pod: &Waiting, now: Timestamp) -> Duration {
-    now.duration_since(pod.since)
-        .try_into()
-        .unwrap_or(Duration::ZERO)
-}
-
-impl WatchIndex<Pod> for WaitingPods {
-    type Entry = Waiting;
-
-    fn entry(&self, pod: &Pod) -> Option<Waiting> {
+impl Tracked for Waiting {
+    fn read(pod: &Pod) -> Option<Waiting> {
         if !awaits_scheduler(pod) {
             return None;
         }
@@ -107,24 +79,149 @@ impl WatchIndex<Pod> for WaitingPods {
         })
     }
 
-    fn reset(&self, entries: Vec<Waiting>) {
-        *self.inner.lock().expect("waiting pods lock") =
-            entries.into_iter().map(|w| (w.uid.clone(), w)).collect();
+    fn uid(&self) -> &str {
+        &self.uid
+    }
+
+    fn since(&self) -> Timestamp {
+        self.since
+    }
+}
+
+/// Tracked pods by uid; fed by the shared watch driver.
+pub struct PodIndex<T> {
+    inner: Arc<Mutex<BTreeMap<String, T>>>,
+}
+
+/// The pods waiting for the scheduler.
+pub type WaitingPods = PodIndex<Waiting>;
+
+impl<T> Clone for PodIndex<T> {
+    fn clone(&self) -> Self {
+        PodIndex {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<T> Default for PodIndex<T> {
+    fn default() -> Self {
+        PodIndex {
+            inner: Arc::default(),
+        }
+    }
+}
+
+impl<T: Tracked> PodIndex<T> {
+    /// Pods that have waited longer than `after` at `now`, oldest first.
+    pub fn overdue(&self, now: Timestamp, after: Duration) -> Vec<T> {
+        let mut overdue: Vec<T> = self
+            .lock()
+            .values()
+            .filter(|w| waited(w.since(), now) > after)
+            .cloned()
+            .collect();
+        overdue.sort_by_key(|w| w.since());
+        overdue
+    }
+
+    pub fn contains(&self, uid: &str) -> bool {
+        self.lock().contains_key(uid)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, T>> {
+        self.inner.lock().expect("pod index lock")
+    }
+}
+
+/// How long a pod has waited at `now` since `since` (zero if its clock is ahead of ours).
+pub fn waited(since: Timestamp, now: Timestamp) -> Duration {
+    now.duration_since(since)
+        .try_into()
+        .unwrap_or(Duration::ZERO)
+}
+
+impl<T: Tracked> WatchIndex<Pod> for PodIndex<T> {
+    type Entry = T;
+
+    fn entry(&self, pod: &Pod) -> Option<T> {
+        T::read(pod)
+    }
+
+    fn reset(&self, entries: Vec<T>) {
+        *self.lock() = entries
+            .into_iter()
+            .map(|w| (w.uid().to_string(), w))
+            .collect();
     }
 
     fn apply(&self, pod: &Pod) {
-        let mut inner = self.inner.lock().expect("waiting pods lock");
-        match self.entry(pod) {
-            Some(waiting) => inner.insert(waiting.uid.clone(), waiting),
+        let mut inner = self.lock();
+        match T::read(pod) {
+            Some(tracked) => inner.insert(tracked.uid().to_string(), tracked),
             None => inner.remove(&pod.uid().unwrap_or_default()),
         };
     }
 
     fn delete(&self, pod: &Pod) {
-        self.inner
-            .lock()
-            .expect("waiting pods lock")
-            .remove(&pod.uid().unwrap_or_default());
+        self.lock().remove(&pod.uid().unwrap_or_default());
+    }
+}
+
+/// The pods already reported this term: each once; a pod that leaves the index
+/// (scheduled, deleted) is forgotten, so it is reported again if it comes back.
+#[derive(Debug, Default)]
+pub struct Reported(HashSet<String>);
+
+impl Reported {
+    /// Forgets the pods `index` no longer tracks.
+    pub fn forget_gone<T: Tracked>(&mut self, index: &PodIndex<T>) {
+        self.0.retain(|uid| index.contains(uid));
+    }
+
+    /// `true` the first time for `uid`.
+    pub fn first_time(&mut self, uid: &str) -> bool {
+        self.0.insert(uid.to_string())
+    }
+}
+
+/// How often to look: often enough that a report comes soon after `after`.
+pub fn poll_every(after: Duration) -> Duration {
+    (after / 4).clamp(Duration::from_secs(1), Duration::from_secs(15))
+}
+
+/// Watches the pods matching `fields` into `index` until dropped (the driver retries
+/// watch errors with backoff: it never ends on its own); `synced` opens once listed.
+pub fn watch_pods<'a, T: Tracked>(
+    ctx: &Context,
+    fields: &str,
+    index: &'a PodIndex<T>,
+    synced: &'a Gate,
+    what: &'a str,
+) -> impl Future<Output = ()> + Send + 'a {
+    let pods: Api<Pod> = Api::all(ctx.client.clone());
+    let config = watcher::Config::default().fields(fields);
+    watch::watch(pods, config, index, synced, what)
+}
+
+/// Drives `watch` for `every` and then until `synced` is open: `true` when it is time
+/// to look, `false` once `stop` fires.
+pub async fn next_tick<F: Future<Output = ()>>(
+    mut watch: Pin<&mut F>,
+    synced: &Gate,
+    every: Duration,
+    stop: &CancellationToken,
+) -> bool {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return false,
+            _ = &mut watch => return false,
+            _ = tokio::time::sleep(every) => {
+                if synced.is_open() {
+                    return true;
+                }
+            }
+        }
     }
 }
 
@@ -146,9 +243,8 @@ impl Settings {
         )
     }
 
-    /// How often to look: often enough that a report comes soon after `after`.
     fn every(&self) -> Duration {
-        (self.after / 4).clamp(Duration::from_secs(1), Duration::from_secs(15))
+        poll_every(self.after)
     }
 }
 
@@ -157,44 +253,28 @@ impl Settings {
 pub async fn run(ctx: Context, settings: Settings, stop: CancellationToken) {
     let index = WaitingPods::default();
     let synced = Readiness::default().gate("unscheduled pods");
-    let pods: Api<Pod> = Api::all(ctx.client.clone());
-    let config = watcher::Config::default().fields(&settings.field_selector());
-    let watch = watch::watch(pods, config, &index, &synced, "unscheduled pods");
+    let fields = settings.field_selector();
+    let watch = watch_pods(&ctx, &fields, &index, &synced, "unscheduled pods");
     let mut watch = std::pin::pin!(watch);
-    let mut reported = HashSet::new();
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            // Never ends: the driver retries watch errors with backoff.
-            _ = &mut watch => break,
-            _ = tokio::time::sleep(settings.every()) => {
-                if synced.is_open() {
-                    report(&ctx, &settings, &index, &mut reported).await;
-                }
-            }
-        }
+    let mut reported = Reported::default();
+    while next_tick(watch.as_mut(), &synced, settings.every(), &stop).await {
+        report(&ctx, &settings, &index, &mut reported).await;
     }
     // A former leader no longer knows: leave the count to the new one.
     ctx.metrics.unscheduled_pods.set(0);
 }
 
 /// Sets the gauge and records one Warning Event on each newly overdue pod.
-async fn report(
-    ctx: &Context,
-    settings: &Settings,
-    index: &WaitingPods,
-    reported: &mut HashSet<String>,
-) {
+async fn report(ctx: &Context, settings: &Settings, index: &WaitingPods, reported: &mut Reported) {
     let now = Timestamp::now();
     let overdue = index.overdue(now, settings.after);
     ctx.metrics.unscheduled_pods.set(overdue.len() as i64);
-    // Forget pods that got scheduled or deleted.
-    reported.retain(|uid| index.contains(uid));
+    reported.forget_gone(index);
     for pod in overdue {
-        if !reported.insert(pod.uid.clone()) {
+        if !reported.first_time(&pod.uid) {
             continue;
         }
-        let waited = waited(&pod, now).as_secs();
+        let waited = waited(pod.since, now).as_secs();
         let name = pod.reference.name.as_deref().unwrap_or_default();
         let namespace = pod.reference.namespace.as_deref().unwrap_or_default();
         tracing::warn!(

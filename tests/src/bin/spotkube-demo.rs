@@ -1,52 +1,83 @@
 //! `make demo`: the whole spotkube story on the embedded default, on 127.0.0.1 only.
 //!
-//! A real control plane with kwok nodes backed by moto EC2 instances (spot and on-demand,
-//! three AZs), moto for SQS / EC2 / Pricing, and spotkube's three programs as local
-//! processes. An opted-in namespace gets a single-replica `web` and a PDB-protected
-//! three-replica `api`; the webhook and the extender put them on the cheapest ranked spot
-//! nodes; then a spot interruption warning for `web`'s node goes through SQS, and the demo
-//! prints the timeline up to the old node's death with the minimum number of ready
-//! endpoints each Service had meanwhile, and what the workloads cost (`spotkube-controller
-//! savings`) before and after. Exits non-zero if a Service ever went dark.
+//! A real control plane with kwok, moto for SQS / EC2 / Auto Scaling / Pricing, and
+//! spotkube's three programs as local processes. The node fleet is a capacity pool of two
+//! Auto Scaling groups (issue 11): a spot group of the ranking's rank-1 type (one node, no
+//! spare) and its on-demand fallback group (another type, empty); the rig's registrar
+//! joins their instances as kwok Nodes. An opted-in namespace gets a single-replica `web`
+//! and a PDB-protected three-replica `api`, which the webhook and the extender put on the
+//! spot node. Then moto runs out of the spot type (the ICE switch) and a rebalance
+//! recommendation arrives for that node: the controller asks the spot group, sees the
+//! launch fail, falls back to the on-demand group, drains the old node onto the fallback
+//! node and terminates it. When the spot capacity returns, the spot group fills again
+//! and, once stable, the fallback node is drained and removed. The demo prints the
+//! timeline from what the cluster and moto say, checks that no Service ever had zero
+//! ready endpoints and that `api` never went below its PDB, and prints what the
+//! workloads cost (`spotkube-controller savings`) on spot, on the fallback and back on
+//! spot. Exits non-zero if a check fails.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use aws_sdk_autoscaling::types::ScalingActivityStatusCode;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use serde_json::json;
+use spotkube_rig::autoscaling::{self, GroupSpec, LaunchTemplate};
 use spotkube_rig::aws::{EventKind, Moto};
-use spotkube_rig::nodes::{Capacity, price_snapshot_path};
+use spotkube_rig::nodes::{is_ready, price_snapshot_path};
 use spotkube_rig::programs::ProgramOptions;
 use spotkube_rig::{
-    Cluster, ExtenderConfig, ZONES, wait_for, wait_for_rollout, wait_for_schedulable_nodes,
-    workloads,
+    Cluster, ExtenderConfig, Registrar, RegistrarOptions, wait_for, wait_for_rollout,
+    wait_for_schedulable_nodes, workloads,
 };
 use spotkube_shared::ranking::Ranking;
 
 const NAMESPACE: &str = "demo";
 const SCHEDULER: &str = "spotkube-scheduler";
 const INTERRUPTION: &str = "spotkube.io/interruption";
-/// AWS gives two minutes; the demo's instance dies 30 s after the warning.
-const DEADLINE: Duration = Duration::from_secs(30);
+const CAPACITY_REQUEST: &str = "spotkube.io/capacity-request";
+const FALLBACK_FOR: &str = "spotkube.io/fallback-for";
+const STABLE_SINCE: &str = "spotkube.io/spot-stable-since";
+/// The capacity pool: `spotkube.io/pool=demo` on both groups.
+const POOL: &str = "demo";
+const SPOT_GROUP: &str = "demo-spot";
+const ON_DEMAND_GROUP: &str = "demo-on-demand";
+/// The pool's AZs (the spot group launches in the first while both are empty).
+const POOL_ZONES: [&str; 2] = ["us-east-1a", "us-east-1b"];
+/// The on-demand fallback's type (another type than the spot group's: moto's ICE switch
+/// refuses a type in every market), unless the ranking puts it first.
+const FALLBACK_TYPE: &str = "m7g.large";
+/// How long an instance runs before its Node joins (bootstrap + kubelet registration).
+const JOIN_DELAY: Duration = Duration::from_secs(2);
 /// The PodDisruptionBudget of `api` (3 replicas).
 const API_MIN_AVAILABLE: i32 = 2;
-/// The spot fleet per AZ: the types the ranking puts first and last, plus a type it never
-/// ranks and an on-demand node (the fallback capacity).
-const FLEET: &[(&str, Capacity)] = &[
-    ("c7g.4xlarge", Capacity::Spot),
-    ("m7g.large", Capacity::Spot),
-    ("t4g.large", Capacity::Spot),
-    ("m7g.large", Capacity::OnDemand),
+/// The Events of the story, each one expected on a Node at least once.
+const STORY: [&str; 5] = [
+    "SpotkubeCapacityRequested",
+    "SpotkubeCapacityFallback",
+    "SpotkubeReplacementReady",
+    "SpotkubeNodeTerminated",
+    "SpotkubeFallbackScaleBack",
 ];
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     spotkube_shared::telemetry::install_crypto_provider();
+    // The rig's own progress logs (registrar joins, ...) go to stderr, warnings only: the
+    // timeline says the same from the cluster. RUST_LOG overrides.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
     let started = Instant::now();
     let result = run().await;
     match &result {
@@ -87,24 +118,6 @@ async fn run() -> anyhow::Result<()> {
         queues.url
     );
 
-    step("Launching EC2 instances in moto and registering them as kwok Nodes");
-    let mut fleet = Vec::new();
-    for zone in ZONES {
-        for (instance_type, capacity) in FLEET {
-            let node = moto.launch_node(instance_type, zone, *capacity).await?;
-            node.create(&client).await?;
-            println!(
-                "    {:<22} {:<12} {:<10} {}",
-                node.name,
-                instance_type,
-                format!("{capacity:?}").to_lowercase(),
-                zone
-            );
-            fleet.push((node, *instance_type));
-        }
-    }
-    wait_for_schedulable_nodes(&client, "", fleet.len(), Duration::from_secs(60)).await?;
-
     for ns in ["spotkube-system", NAMESPACE] {
         let annotations = (ns == NAMESPACE)
             .then(|| BTreeMap::from([("spotkube.io/enabled".to_string(), "true".to_string())]));
@@ -125,7 +138,7 @@ async fn run() -> anyhow::Result<()> {
     }
 
     step(
-        "Starting spotkube-controller: SQS intake, leader election, ranking from EC2 + Pricing (moto)",
+        "Starting spotkube-controller: SQS intake, leader election, ranking from EC2 + Pricing (moto), capacity loop",
     );
     let controller_options = moto
         .controller_options(&queues.url, "spotkube-system")
@@ -136,7 +149,12 @@ async fn run() -> anyhow::Result<()> {
             "--interruption-bands={}",
             price_snapshot_path().display()
         ))
-        .arg("--scale-back-interval=2s");
+        .arg("--scale-back-interval=2s")
+        // The capacity loop on a demo's clock (defaults: 5s, 4m, 10m, 3m).
+        .arg("--capacity-interval=1s")
+        .arg("--capacity-timeout=60s")
+        .arg("--fallback-stable-window=10s")
+        .arg("--ice-ttl=15s");
     let _controller = cluster.start_controller(controller_options).await?;
     let ranking = published_ranking(&client).await?;
     for (zone, entries) in &ranking.zones {
@@ -147,6 +165,87 @@ async fn run() -> anyhow::Result<()> {
             .collect();
         println!("    {zone}: {}", top.join(", "));
     }
+    println!(
+        "    --capacity-interval=1s --capacity-timeout=60s --fallback-stable-window=10s --ice-ttl=15s"
+    );
+
+    let spot_type = pick_spot_type(&ranking, &POOL_ZONES)
+        .context("the ranking has no type for the pool's zones")?;
+    let fallback_type = if spot_type == FALLBACK_TYPE {
+        "m6i.large"
+    } else {
+        FALLBACK_TYPE
+    };
+    step(&format!(
+        "Creating the capacity pool `{POOL}`: Auto Scaling group {SPOT_GROUP} (spot {spot_type}, the rank-1 type) and its on-demand fallback {ON_DEMAND_GROUP} ({fallback_type})"
+    ));
+    LaunchTemplate::new("demo-spot-lt", &spot_type)
+        .create(&moto)
+        .await?;
+    LaunchTemplate::new("demo-on-demand-lt", fallback_type)
+        .create(&moto)
+        .await?;
+    GroupSpec::new(SPOT_GROUP, "demo-spot-lt")
+        .zones(&POOL_ZONES)
+        .size(0, 3, 1)
+        .mixed(&[spot_type.as_str()], 0, 0)
+        .tags(&[("spotkube.io/pool", POOL), ("spotkube.io/capacity", "spot")])
+        .create(&moto)
+        .await?;
+    GroupSpec::new(ON_DEMAND_GROUP, "demo-on-demand-lt")
+        .zones(&POOL_ZONES)
+        .size(0, 2, 0)
+        .tags(&[
+            ("spotkube.io/pool", POOL),
+            ("spotkube.io/capacity", "on-demand"),
+        ])
+        .create(&moto)
+        .await?;
+    for (name, capacity, instance_type) in [
+        (SPOT_GROUP, "spot", spot_type.as_str()),
+        (ON_DEMAND_GROUP, "on-demand", fallback_type),
+    ] {
+        let (desired, instances) = group_state(&moto, name).await?;
+        println!(
+            "    {name:<15} {capacity:<9} {instance_type:<12} {} desired {desired}, max {}, instances {instances:?}",
+            POOL_ZONES.join("+"),
+            if capacity == "spot" { 3 } else { 2 }
+        );
+    }
+    let registrar = Registrar::start(
+        &moto,
+        client.clone(),
+        RegistrarOptions::default().join_delay(JOIN_DELAY),
+    )
+    .await;
+    let (_, first) = group_state(&moto, SPOT_GROUP).await?;
+    let victim_instance = first
+        .first()
+        .cloned()
+        .context("the spot group's instance")?;
+    let victim = wait_for(
+        "the spot instance joins as a Node",
+        Duration::from_secs(60),
+        || async { Ok(registrar.node_name(&victim_instance)) },
+    )
+    .await?;
+    wait_for_schedulable_nodes(&client, "", 1, Duration::from_secs(60)).await?;
+    let nodes = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await?;
+    anyhow::ensure!(
+        nodes.items.len() == 1,
+        "the demo wants one Node, the pool's; found {}",
+        nodes.items.len()
+    );
+    let first_node = NodeFacts::of(&nodes.items[0]);
+    println!(
+        "    spot-1 = {victim} ({}), joined through the registrar {JOIN_DELAY:?} after its instance ran",
+        first_node.describe()
+    );
+    println!(
+        "    the cluster's only worker node: no spare capacity (spotkube's programs run as local processes)"
+    );
 
     step(
         "Starting spotkube-extender and a kube-scheduler whose profile spotkube-scheduler calls it",
@@ -200,65 +299,106 @@ async fn run() -> anyhow::Result<()> {
         wait_for_rollout(&client, NAMESPACE, name, Duration::from_secs(90)).await?;
     }
     let placement = pod_placement(&client).await?;
-    let node_types: BTreeMap<&str, (&str, &str)> = fleet
-        .iter()
-        .map(|(n, instance_type)| (n.name.as_str(), (*instance_type, n.zone.as_str())))
-        .collect();
-    let spot: Vec<&str> = fleet
-        .iter()
-        .filter(|(n, _)| {
-            matches!(
-                n.kind,
-                spotkube_rig::NodeKind::Ec2 {
-                    capacity: Capacity::Spot,
-                    ..
-                }
-            )
-        })
-        .map(|(n, _)| n.name.as_str())
-        .collect();
+    let facts = node_facts(&client).await?;
     for (pod, node) in &placement {
-        let (instance_type, zone) = node_types.get(node.as_str()).copied().unwrap_or(("?", "?"));
+        let fact = facts.get(node).cloned().unwrap_or_default();
         let rank = ranking
-            .rank_of(zone, instance_type)
+            .rank_of(&fact.zone, &fact.instance_type)
             .map_or("unranked".to_string(), |r| format!("rank {r}"));
-        println!("    {pod:<28} → {node} ({instance_type}, {zone}, {rank})");
+        println!(
+            "    {pod:<28} → {node} ({}, {}, {rank})",
+            fact.instance_type, fact.zone
+        );
     }
-    check_rank_one(&placement, &node_types, &spot, &ranking)?;
-    println!("    every pod is on a rank-1 spot node of its AZ");
+    check_rank_one(&placement, &facts, &ranking)?;
+    println!(
+        "    every pod is on a rank-1 spot node of its AZ, selected by the webhook + extender"
+    );
 
     step("What the workloads cost now (`spotkube-controller savings --namespace demo`)");
     print_savings(&cluster, &moto).await?;
-    let victim = placement
-        .iter()
-        .find(|(pod, _)| pod.starts_with("web-"))
-        .map(|(_, node)| node.clone())
-        .context("web has no pod")?;
-    let victim_instance = fleet
-        .iter()
-        .find(|(n, _)| n.name == victim)
-        .map(|(n, _)| n.instance_id.clone())
-        .context("web's node is not one of the demo's")?;
 
     step(&format!(
-        "Spot interruption warning for {victim_instance} ({victim}) through SQS; the instance dies {DEADLINE:?} later (seconds after the event)"
+        "Out of {spot_type} (moto's ICE switch), then a rebalance recommendation for {victim_instance} (spot-1, `web`'s node)"
     ));
     let timeline = Timeline::start();
-    let watch = Watch::start(client.clone(), victim.clone(), timeline.clone());
+    let watch = Watch::start(
+        client.clone(),
+        moto.autoscaling().await,
+        BTreeMap::from([(victim.clone(), "spot-1".to_string())]),
+        timeline.clone(),
+    )
+    .await;
+    moto.set_insufficient_capacity(&[spot_type.as_str()])
+        .await?;
+    timeline.mark(&format!(
+        "ICE switch on: every {spot_type} launch fails (InsufficientInstanceCapacity)"
+    ));
     moto.send_event(
         &queues.url,
-        EventKind::SpotInterruptionWarning,
+        EventKind::RebalanceRecommendation,
         &victim_instance,
         jiff::Timestamp::now(),
     )
     .await?;
-    timeline.mark("event put on the SQS queue");
-    tokio::time::sleep(DEADLINE).await;
-    watch.instance_dies();
-    kill_node(&client, &victim).await?;
+    timeline.mark("rebalance recommendation put on the SQS queue");
+    let fallback = wait_for(
+        "the on-demand fallback to replace spot-1",
+        Duration::from_secs(120),
+        || async {
+            if registrar.node_name(&victim_instance).is_some() {
+                return Ok(None);
+            }
+            let (spot_desired, _) = group_state(&moto, SPOT_GROUP).await?;
+            let (_, od) = group_state(&moto, ON_DEMAND_GROUP).await?;
+            let joined = match od.as_slice() {
+                [one] => registrar.node_name(one),
+                _ => None,
+            };
+            Ok(joined.filter(|_| spot_desired == 1))
+        },
+    )
+    .await?;
+    for name in ["web", "api"] {
+        wait_for_rollout(&client, NAMESPACE, name, Duration::from_secs(60)).await?;
+    }
+    let on_fallback = pod_placement(&client).await?;
+    anyhow::ensure!(
+        on_fallback.values().all(|n| *n == fallback),
+        "pods not on the fallback node {fallback}: {on_fallback:?}"
+    );
+    let (spot_desired, spot_instances) = group_state(&moto, SPOT_GROUP).await?;
+    watch.settle().await;
     timeline.mark(&format!(
-        "instance terminated: its pods and Node {victim} are gone"
+        "replaced: every pod on the on-demand fallback; {SPOT_GROUP} back at desired {spot_desired} ({} instances: still out of capacity)",
+        spot_instances.len()
     ));
+
+    step("What the workloads cost on the on-demand fallback");
+    print_savings(&cluster, &moto).await?;
+
+    step(&format!(
+        "The {spot_type} capacity returns: the spot group fills, stays whole for the stable window, the fallback goes"
+    ));
+    moto.clear_insufficient_capacity().await?;
+    timeline.mark("ICE switch off");
+    let spot_node = wait_for(
+        "the fallback node to be scaled back",
+        Duration::from_secs(120),
+        || async {
+            if registrar.joined().values().any(|n| *n == fallback) {
+                return Ok(None);
+            }
+            let (od_desired, od) = group_state(&moto, ON_DEMAND_GROUP).await?;
+            let (_, spot) = group_state(&moto, SPOT_GROUP).await?;
+            let joined = match spot.as_slice() {
+                [one] if *one != victim_instance => registrar.node_name(one),
+                _ => None,
+            };
+            Ok(joined.filter(|_| od_desired == 0 && od.is_empty()))
+        },
+    )
+    .await?;
     for name in ["web", "api"] {
         wait_for_rollout(&client, NAMESPACE, name, Duration::from_secs(60)).await?;
     }
@@ -266,24 +406,61 @@ async fn run() -> anyhow::Result<()> {
         Ok((moto.queue_depth(&queues.url).await? == 0).then_some(()))
     })
     .await?;
-    timeline.mark("all workloads Ready on the remaining nodes; queue empty");
     let observed = watch.finish().await;
-    let minimum = observed.minimum;
-    check_pdb_respected(
-        observed.api_drained,
-        minimum.get("api").copied(),
-        API_MIN_AVAILABLE,
-    )?;
+    timeline.mark("scaled back: every pod on the new spot node; queue empty");
+
+    step("Checks");
+    let (spot_desired, spot_instances) = group_state(&moto, SPOT_GROUP).await?;
+    let (od_desired, od_instances) = group_state(&moto, ON_DEMAND_GROUP).await?;
     println!(
-        "    PDB respected: `api` left {victim} before it died and never had fewer than {API_MIN_AVAILABLE} ready endpoints"
+        "    {SPOT_GROUP:<15} desired {spot_desired}, instances {spot_instances:?} (was {victim_instance})"
+    );
+    println!("    {ON_DEMAND_GROUP:<15} desired {od_desired}, instances {od_instances:?}");
+    anyhow::ensure!(
+        (
+            spot_desired,
+            spot_instances.len(),
+            od_desired,
+            od_instances.len()
+        ) == (1, 1, 0, 0),
+        "the groups should end at spot 1/1, on-demand 0/0"
+    );
+    println!(
+        "    moto's Auto Scaling failed {} launch attempts of {spot_type} while it was out of capacity",
+        observed.failed_launches
+    );
+    let missing: Vec<&str> = STORY
+        .iter()
+        .copied()
+        .filter(|r| !observed.reasons.contains(*r))
+        .collect();
+    anyhow::ensure!(
+        missing.is_empty(),
+        "Events of the story never recorded: {missing:?}"
+    );
+    println!("    Events recorded: {}", STORY.join(", "));
+    let placement = pod_placement(&client).await?;
+    let facts = node_facts(&client).await?;
+    check_rank_one(&placement, &facts, &ranking)?;
+    println!("    every pod is back on a rank-1 spot node: {spot_node}");
+    for (node, alias) in [(&victim, "spot-1"), (&fallback, "on-demand-1")] {
+        check_pdb_respected(
+            observed.drained.contains(node),
+            observed.minimum.get("api").copied(),
+            API_MIN_AVAILABLE,
+        )
+        .with_context(|| format!("draining {alias}"))?;
+    }
+    println!(
+        "    PDB respected: `api` left spot-1 and on-demand-1 before they were terminated and never had fewer than {API_MIN_AVAILABLE} ready endpoints"
     );
 
-    step("What the workloads cost after the interruption");
+    step("What the workloads cost back on spot");
     print_savings(&cluster, &moto).await?;
 
-    step("Minimum ready endpoints per Service during the interruption (polled every 100 ms)");
+    step("Minimum ready endpoints per Service from the ICE to the end (polled every 100 ms)");
     let mut dark = Vec::new();
-    for (service, min) in &minimum {
+    for (service, min) in &observed.minimum {
         println!("    {service:<6} {min}");
         if *min == 0 {
             dark.push(service.clone());
@@ -293,7 +470,31 @@ async fn run() -> anyhow::Result<()> {
         dark.is_empty(),
         "Services with zero ready endpoints at some moment: {dark:?}"
     );
+    registrar.stop().await;
     Ok(())
+}
+
+/// A group's desired capacity and instance ids, as Auto Scaling describes them.
+async fn group_state(moto: &Moto, name: &str) -> anyhow::Result<(i32, Vec<String>)> {
+    let group = autoscaling::group(moto, name).await?;
+    Ok((
+        group.desired_capacity().unwrap_or_default(),
+        autoscaling::instance_ids(&group),
+    ))
+}
+
+/// The spot group's type: rank 1 in every zone of the pool if one type is, else rank 1
+/// in the first zone (where the group launches first).
+fn pick_spot_type(ranking: &Ranking, zones: &[&str]) -> Option<String> {
+    let first = ranking.zones.get(*zones.first()?)?;
+    let everywhere = first.iter().find(|e| {
+        zones
+            .iter()
+            .all(|z| ranking.rank_of(z, &e.instance_type) == Some(1))
+    });
+    everywhere
+        .or_else(|| first.iter().find(|e| e.rank == 1))
+        .map(|e| e.instance_type.clone())
 }
 
 /// Prints `spotkube-controller savings` for the demo namespace: per workload, where its
@@ -349,32 +550,70 @@ async fn create_pdb(client: &kube::Client, app: &str, min_available: i32) -> any
     Ok(())
 }
 
-/// Pod name → node name, for every pod of the demo namespace.
+/// Pod name → node name, for every pod of the demo namespace that is not terminating.
 async fn pod_placement(client: &kube::Client) -> anyhow::Result<BTreeMap<String, String>> {
     let pods = Api::<Pod>::namespaced(client.clone(), NAMESPACE)
         .list(&ListParams::default())
         .await?;
     Ok(pods
         .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
         .filter_map(|p| Some((p.metadata.name?, p.spec?.node_name?)))
         .collect())
 }
 
-/// What the dying instance does: its pods vanish at once, then its Node.
-async fn kill_node(client: &kube::Client, node: &str) -> anyhow::Result<()> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
-    let on_node = pods
-        .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
-        .await?;
-    for pod in on_node {
-        let name = pod.metadata.name.unwrap_or_default();
-        pods.delete(&name, &DeleteParams::default().grace_period(0))
-            .await?;
+/// What a Node's labels and providerID say about its instance.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct NodeFacts {
+    instance_type: String,
+    zone: String,
+    spot: bool,
+    instance_id: String,
+}
+
+impl NodeFacts {
+    fn of(node: &Node) -> Self {
+        let labels = node.metadata.labels.clone().unwrap_or_default();
+        let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
+        let provider = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.provider_id.clone())
+            .unwrap_or_default();
+        Self {
+            instance_type: label("node.kubernetes.io/instance-type"),
+            zone: label("topology.kubernetes.io/zone"),
+            spot: label("eks.amazonaws.com/capacityType") == "SPOT",
+            instance_id: provider.rsplit('/').next().unwrap_or_default().to_string(),
+        }
     }
-    Api::<Node>::all(client.clone())
-        .delete(node, &DeleteParams::default())
-        .await?;
-    Ok(())
+
+    fn capacity(&self) -> &'static str {
+        if self.spot { "spot" } else { "on-demand" }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} {} {} {}",
+            self.instance_type,
+            self.capacity(),
+            self.zone,
+            self.instance_id
+        )
+    }
+}
+
+/// Node name → what it is, for every Node.
+async fn node_facts(client: &kube::Client) -> anyhow::Result<BTreeMap<String, NodeFacts>> {
+    Ok(Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .into_iter()
+        .filter_map(|n| {
+            let facts = NodeFacts::of(&n);
+            Some((n.metadata.name?, facts))
+        })
+        .collect())
 }
 
 /// Timestamped milestones, printed once, as they happen.
@@ -401,122 +640,448 @@ impl Timeline {
     }
 }
 
-/// Polls every 100 ms: the victim node's taint, the Services' ready endpoints (keeping
-/// each minimum), and the first Ready `web` endpoint on another node.
-struct Watch {
-    stop: tokio::sync::watch::Sender<bool>,
-    /// Set when the instance dies: `api` leaving the node after that is no drain.
-    dead: Arc<std::sync::atomic::AtomicBool>,
-    task: tokio::task::JoinHandle<Observed>,
-}
-
-/// What the watch saw during the interruption.
+/// What the watch saw, from the ICE to the end.
 #[derive(Default)]
 struct Observed {
     /// Each Service's fewest ready endpoints.
     minimum: BTreeMap<String, usize>,
-    /// `api` had no pod left on the victim while the instance still ran.
-    api_drained: bool,
+    /// Nodes spotkube tainted `NoSchedule` that `api` left while they still existed.
+    drained: BTreeSet<String>,
+    /// The reasons of spotkube's Events on Nodes.
+    reasons: BTreeSet<String>,
+    /// Failed scaling activities of the spot group.
+    failed_launches: usize,
+}
+
+/// Polls every 100 ms: the Nodes (joins, leaves, spotkube's taint, cordon, capacity
+/// request phase and fallback annotations), the Services' ready endpoints (where, and
+/// each minimum) and spotkube's Events on Nodes; every 300 ms the pool's groups and the
+/// spot group's scaling activities in moto. Each change is a timeline line.
+struct Watch {
+    stop: tokio::sync::watch::Sender<bool>,
+    /// Polls done, so the demo can wait until the watch has seen what it waited for.
+    polls: Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<Observed>,
+}
+
+/// The last thing the watch saw of a Node.
+#[derive(Default, Clone, PartialEq)]
+struct NodeSeen {
+    ready: bool,
+    taint: Option<String>,
+    cordoned: bool,
+    phase: Option<String>,
+    fallback_for: Option<String>,
+    stable_since: bool,
+}
+
+struct Poller {
+    client: kube::Client,
+    autoscaling: aws_sdk_autoscaling::Client,
+    timeline: Timeline,
+    /// Node name → `spot-N` / `on-demand-N`.
+    aliases: BTreeMap<String, String>,
+    /// Instance id → the alias of its Node.
+    instances: BTreeMap<String, String>,
+    nodes: BTreeMap<String, NodeSeen>,
+    events: BTreeSet<String>,
+    groups: BTreeMap<String, (i32, Vec<String>)>,
+    activities: BTreeSet<String>,
+    /// Service → "where its ready endpoints are" as last printed.
+    spread: BTreeMap<String, String>,
+    observed: Observed,
+    polls: u64,
+}
+
+impl Poller {
+    fn alias(&mut self, node: &str, facts: Option<&NodeFacts>) -> String {
+        if let Some(alias) = self.aliases.get(node) {
+            return alias.clone();
+        }
+        let Some(facts) = facts else {
+            return node.to_string();
+        };
+        let kind = facts.capacity();
+        let n = self
+            .aliases
+            .values()
+            .filter(|a| a.rsplit_once('-').is_some_and(|(k, _)| k == kind))
+            .count()
+            + 1;
+        let alias = format!("{kind}-{n}");
+        self.aliases.insert(node.to_string(), alias.clone());
+        alias
+    }
+
+    async fn poll(&mut self, first: bool) {
+        let mark = |p: &Self, what: String| {
+            if !first {
+                p.timeline.mark(&what);
+            }
+        };
+        let mut present = BTreeSet::new();
+        if let Ok(list) = Api::<Node>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await
+        {
+            // Aliases first: a request names its replacement Node.
+            for node in &list {
+                let name = node.metadata.name.clone().unwrap_or_default();
+                self.alias(&name, Some(&NodeFacts::of(node)));
+            }
+            for node in list {
+                let name = node.metadata.name.clone().unwrap_or_default();
+                let facts = NodeFacts::of(&node);
+                let annotations = node.metadata.annotations.clone().unwrap_or_default();
+                let spec = node.spec.clone().unwrap_or_default();
+                let seen = NodeSeen {
+                    ready: is_ready(&node),
+                    taint: spec
+                        .taints
+                        .unwrap_or_default()
+                        .iter()
+                        .find(|t| t.key == INTERRUPTION)
+                        .map(|t| t.effect.clone()),
+                    cordoned: spec.unschedulable == Some(true),
+                    phase: annotations.get(CAPACITY_REQUEST).map(|v| {
+                        request_summary(v, |n| {
+                            self.aliases.get(n).cloned().unwrap_or_else(|| n.into())
+                        })
+                    }),
+                    fallback_for: annotations.get(FALLBACK_FOR).cloned(),
+                    stable_since: annotations.contains_key(STABLE_SINCE),
+                };
+                present.insert(name.clone());
+                let before = self.nodes.get(&name).cloned();
+                let alias = self.alias(&name, Some(&facts));
+                self.instances
+                    .insert(facts.instance_id.clone(), alias.clone());
+                let was = before.clone().unwrap_or_default();
+                if seen.ready && !was.ready {
+                    mark(
+                        self,
+                        format!("{alias} = {name} joined, Ready ({})", facts.describe()),
+                    );
+                }
+                if seen.taint != was.taint
+                    && let Some(effect) = &seen.taint
+                {
+                    mark(self, format!("{alias} tainted {INTERRUPTION}:{effect}"));
+                }
+                if seen.cordoned && !was.cordoned {
+                    mark(self, format!("{alias} cordoned"));
+                }
+                if seen.phase != was.phase
+                    && let Some(phase) = &seen.phase
+                {
+                    mark(self, format!("{alias} capacity request: {phase}"));
+                }
+                if seen.fallback_for != was.fallback_for
+                    && let Some(pool) = &seen.fallback_for
+                {
+                    mark(self, format!("{alias} annotated {FALLBACK_FOR}={pool}"));
+                }
+                if seen.stable_since && !was.stable_since {
+                    mark(
+                        self,
+                        format!(
+                            "{alias}: spot group whole (InService = Desired, Ready, its offering no longer marked): the stable window starts"
+                        ),
+                    );
+                }
+                self.nodes.insert(name, seen);
+            }
+            let gone: Vec<String> = self
+                .nodes
+                .keys()
+                .filter(|n| !present.contains(*n))
+                .cloned()
+                .collect();
+            for name in gone {
+                self.nodes.remove(&name);
+                let alias = self.alias(&name, None);
+                mark(
+                    self,
+                    format!(
+                        "{alias} Node gone (its instance terminated; the registrar removed it)"
+                    ),
+                );
+            }
+        }
+        if let Ok(list) = Api::<EndpointSlice>::namespaced(self.client.clone(), NAMESPACE)
+            .list(&ListParams::default())
+            .await
+        {
+            // Service → node → ready endpoints.
+            let mut ready: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+            for slice in list {
+                let service = slice
+                    .metadata
+                    .labels
+                    .unwrap_or_default()
+                    .remove("kubernetes.io/service-name")
+                    .unwrap_or_default();
+                let on = ready.entry(service).or_default();
+                for endpoint in slice.endpoints.into_iter().flatten() {
+                    if endpoint
+                        .conditions
+                        .as_ref()
+                        .and_then(|c| c.ready)
+                        .unwrap_or(false)
+                    {
+                        *on.entry(endpoint.node_name.unwrap_or_default())
+                            .or_default() += 1;
+                    }
+                }
+            }
+            for service in ["web", "api"] {
+                let on = ready.get(service).cloned().unwrap_or_default();
+                let total: usize = on.values().sum();
+                let min = self
+                    .observed
+                    .minimum
+                    .entry(service.to_string())
+                    .or_insert(total);
+                *min = (*min).min(total);
+                // By alias, so the order reads the same from run to run.
+                let by_alias: BTreeMap<&String, &usize> = on
+                    .iter()
+                    .map(|(node, n)| (self.aliases.get(node).unwrap_or(node), n))
+                    .collect();
+                let spread: Vec<String> = by_alias
+                    .iter()
+                    .map(|(alias, n)| format!("{alias} ×{n}"))
+                    .collect();
+                let spread = format!("{total} ready ({})", spread.join(", "));
+                if self.spread.get(service) != Some(&spread) {
+                    // The first line shows where everything starts.
+                    self.timeline.mark(&format!("`{service}` {spread}"));
+                    self.spread.insert(service.to_string(), spread);
+                }
+                if service == "api" {
+                    let drained: Vec<String> = self
+                        .nodes
+                        .iter()
+                        .filter(|(n, s)| {
+                            s.taint.as_deref() == Some("NoSchedule")
+                                && !on.contains_key(*n)
+                                && !self.observed.drained.contains(*n)
+                        })
+                        .map(|(n, _)| n.clone())
+                        .collect();
+                    for node in drained {
+                        let alias = self.alias(&node, None);
+                        mark(
+                            self,
+                            format!(
+                                "`api` has no pod left on {alias} (Eviction API, PDB respected); {total} ready elsewhere"
+                            ),
+                        );
+                        self.observed.drained.insert(node);
+                    }
+                }
+            }
+        }
+        if let Ok(list) = Api::<Event>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await
+        {
+            let mut events: Vec<Event> = list
+                .items
+                .into_iter()
+                .filter(|e| {
+                    e.reason
+                        .as_deref()
+                        .is_some_and(|r| r.starts_with("Spotkube"))
+                })
+                .filter(|e| {
+                    e.regarding
+                        .as_ref()
+                        .is_some_and(|r| r.kind.as_deref() == Some("Node"))
+                })
+                .collect();
+            events.sort_by_key(|e| e.metadata.creation_timestamp.clone());
+            for event in events {
+                let uid = event.metadata.uid.clone().unwrap_or_default();
+                if !self.events.insert(uid) {
+                    continue;
+                }
+                let reason = event.reason.clone().unwrap_or_default();
+                let node = event
+                    .regarding
+                    .as_ref()
+                    .and_then(|r| r.name.clone())
+                    .unwrap_or_default();
+                let alias = self.alias(&node, None);
+                mark(
+                    self,
+                    format!(
+                        "Event {reason} on {alias}: {}",
+                        event.note.clone().unwrap_or_default()
+                    ),
+                );
+                if !first {
+                    self.observed.reasons.insert(reason);
+                }
+            }
+        }
+        if self.polls.is_multiple_of(3) {
+            self.poll_groups(first).await;
+        }
+        self.polls += 1;
+    }
+
+    async fn poll_groups(&mut self, first: bool) {
+        if let Ok(out) = self
+            .autoscaling
+            .describe_auto_scaling_groups()
+            .auto_scaling_group_names(SPOT_GROUP)
+            .auto_scaling_group_names(ON_DEMAND_GROUP)
+            .send()
+            .await
+        {
+            for group in out.auto_scaling_groups() {
+                let name = group
+                    .auto_scaling_group_name()
+                    .unwrap_or_default()
+                    .to_string();
+                let state = (
+                    group.desired_capacity().unwrap_or_default(),
+                    autoscaling::instance_ids(group),
+                );
+                if self.groups.get(&name) != Some(&state) {
+                    let instances: Vec<String> = state
+                        .1
+                        .iter()
+                        .map(|id| match self.instances.get(id) {
+                            Some(alias) => format!("{id} ({alias})"),
+                            None => id.clone(),
+                        })
+                        .collect();
+                    self.timeline.mark(&format!(
+                        "{name}: desired {}, instances [{}]",
+                        state.0,
+                        instances.join(", ")
+                    ));
+                    self.groups.insert(name, state);
+                }
+            }
+        }
+        if let Ok(out) = self
+            .autoscaling
+            .describe_scaling_activities()
+            .auto_scaling_group_name(SPOT_GROUP)
+            .send()
+            .await
+        {
+            let mut failed: Vec<_> = out
+                .activities()
+                .iter()
+                .filter(|a| a.status_code() == Some(&ScalingActivityStatusCode::Failed))
+                .filter(|a| {
+                    a.activity_id()
+                        .is_some_and(|id| !self.activities.contains(id))
+                })
+                .collect();
+            failed.reverse();
+            for activity in failed {
+                self.activities
+                    .insert(activity.activity_id().unwrap_or_default().to_string());
+                if first {
+                    continue;
+                }
+                self.observed.failed_launches += 1;
+                if self.observed.failed_launches == 1 {
+                    self.timeline.mark(&format!(
+                        "{SPOT_GROUP}: launch Failed: {} (Auto Scaling keeps retrying)",
+                        activity.status_message().unwrap_or_default()
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// The request annotation, shortened: phase, then the group and desired capacity while
+/// asking, the replacement Node (through `alias`) once paired, and the trigger.
+fn request_summary(value: &str, alias: impl Fn(&str) -> String) -> String {
+    let Ok(request) = serde_json::from_str::<serde_json::Value>(value) else {
+        return "(unreadable)".to_string();
+    };
+    let phase = request["phase"].as_str().unwrap_or("?");
+    let mut out = phase.to_string();
+    let asking = matches!(phase, "requesting" | "requested");
+    if let (true, Some(group)) = (asking, request["group"].as_str()) {
+        let side = if request["fallback"] == true {
+            "on-demand fallback"
+        } else {
+            "group"
+        };
+        out.push_str(&format!(" ({side} {group}"));
+        if let (Some(from), Some(to)) = (request["from"].as_i64(), request["to"].as_i64()) {
+            out.push_str(&format!(", desired {from} → {to}"));
+        }
+        out.push(')');
+    }
+    if let (false, Some(node)) = (asking, request["replacementNode"].as_str()) {
+        out.push_str(&format!(", replacement {}", alias(node)));
+    }
+    if let Some(trigger) = request["trigger"].as_str() {
+        out.push_str(&format!(", trigger {trigger}"));
+    }
+    out
 }
 
 impl Watch {
-    fn start(client: kube::Client, victim: String, timeline: Timeline) -> Self {
+    /// Takes a first look (Services and groups print where they start), then polls.
+    async fn start(
+        client: kube::Client,
+        autoscaling: aws_sdk_autoscaling::Client,
+        aliases: BTreeMap<String, String>,
+        timeline: Timeline,
+    ) -> Self {
+        let mut poller = Poller {
+            client,
+            autoscaling,
+            timeline,
+            aliases,
+            instances: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            events: BTreeSet::new(),
+            groups: BTreeMap::new(),
+            activities: BTreeSet::new(),
+            spread: BTreeMap::new(),
+            observed: Observed::default(),
+            polls: 0,
+        };
+        poller.poll(true).await;
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
-        let dead = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let instance_dead = dead.clone();
+        let polls = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let done = polls.clone();
         let task = tokio::spawn(async move {
-            let nodes: Api<Node> = Api::all(client.clone());
-            let slices: Api<EndpointSlice> = Api::namespaced(client, NAMESPACE);
-            let mut minimum: BTreeMap<String, usize> = BTreeMap::new();
-            let (mut tainted, mut cordoned, mut replaced, mut evicted) =
-                (false, false, false, false);
             while !*stopped.borrow() {
-                if let Ok(Some(node)) = nodes.get_opt(&victim).await {
-                    let spec = node.spec.unwrap_or_default();
-                    if !tainted
-                        && spec
-                            .taints
-                            .unwrap_or_default()
-                            .iter()
-                            .any(|t| t.key == INTERRUPTION && t.effect == "NoSchedule")
-                    {
-                        tainted = true;
-                        timeline.mark(&format!("{victim} tainted {INTERRUPTION}:NoSchedule"));
-                    }
-                    if !cordoned && spec.unschedulable == Some(true) {
-                        cordoned = true;
-                        timeline.mark(&format!("{victim} cordoned"));
-                    }
-                }
-                if let Ok(list) = slices.list(&ListParams::default()).await {
-                    let mut ready: BTreeMap<String, usize> = BTreeMap::new();
-                    let mut api_on_victim = 0;
-                    for slice in list {
-                        let service = slice
-                            .metadata
-                            .labels
-                            .unwrap_or_default()
-                            .remove("kubernetes.io/service-name")
-                            .unwrap_or_default();
-                        for endpoint in slice.endpoints.into_iter().flatten() {
-                            let is_ready = endpoint
-                                .conditions
-                                .as_ref()
-                                .and_then(|c| c.ready)
-                                .unwrap_or(false);
-                            if !is_ready {
-                                continue;
-                            }
-                            *ready.entry(service.clone()).or_default() += 1;
-                            if service == "api"
-                                && endpoint.node_name.as_deref() == Some(victim.as_str())
-                            {
-                                api_on_victim += 1;
-                            }
-                            if !replaced
-                                && service == "web"
-                                && endpoint.node_name.as_deref() != Some(victim.as_str())
-                            {
-                                replaced = true;
-                                timeline.mark(&format!(
-                                    "replacement `web` pod Ready on {}",
-                                    endpoint.node_name.unwrap_or_default()
-                                ));
-                            }
-                        }
-                    }
-                    if tainted
-                        && !evicted
-                        && api_on_victim == 0
-                        && !instance_dead.load(std::sync::atomic::Ordering::SeqCst)
-                    {
-                        evicted = true;
-                        timeline.mark(&format!(
-                            "`api` has no pod left on {victim} (Eviction API); {} ready elsewhere",
-                            ready.get("api").copied().unwrap_or(0)
-                        ));
-                    }
-                    for service in ["web", "api"] {
-                        let now = ready.get(service).copied().unwrap_or(0);
-                        let min = minimum.entry(service.to_string()).or_insert(now);
-                        *min = (*min).min(now);
-                    }
-                }
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                     _ = stopped.changed() => {}
                 }
+                poller.poll(false).await;
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
-            Observed {
-                minimum,
-                api_drained: evicted,
-            }
+            // A last full look (groups included), so the end state is on the timeline.
+            poller.polls = 0;
+            poller.poll(false).await;
+            poller.observed
         });
-        Self { stop, dead, task }
+        Self { stop, polls, task }
     }
 
-    fn instance_dies(&self) {
-        self.dead.store(true, std::sync::atomic::Ordering::SeqCst);
+    /// Returns after the watch has taken a full look (groups included) that began after
+    /// this call: what the demo just waited for is on the timeline by then.
+    async fn settle(&self) {
+        let from = self.polls.load(std::sync::atomic::Ordering::SeqCst);
+        while self.polls.load(std::sync::atomic::Ordering::SeqCst) < from + 4 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn finish(self) -> Observed {
@@ -529,18 +1094,16 @@ impl Watch {
 /// spot node whose instance type ranks first in the node's AZ.
 fn check_rank_one(
     placement: &BTreeMap<String, String>,
-    node_types: &BTreeMap<&str, (&str, &str)>,
-    spot: &[&str],
+    facts: &BTreeMap<String, NodeFacts>,
     ranking: &Ranking,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(!placement.is_empty(), "no pod placed");
     let misplaced: Vec<String> = placement
         .iter()
         .filter(|(_, node)| {
-            let rank_one = node_types
+            !facts
                 .get(node.as_str())
-                .is_some_and(|(t, zone)| ranking.rank_of(zone, t) == Some(1));
-            !(rank_one && spot.contains(&node.as_str()))
+                .is_some_and(|f| f.spot && ranking.rank_of(&f.zone, &f.instance_type) == Some(1))
         })
         .map(|(pod, node)| format!("{pod} on {node}"))
         .collect();
@@ -551,8 +1114,8 @@ fn check_rank_one(
     Ok(())
 }
 
-/// "PDB respected": `api` left the node before the instance died, through evictions
-/// that never took it below the budget's `minAvailable` ready endpoints.
+/// "PDB respected": `api` left the node before its instance was terminated, through
+/// evictions that never took it below the budget's `minAvailable` ready endpoints.
 fn check_pdb_respected(
     drained: bool,
     fewest_ready: Option<usize>,
@@ -560,7 +1123,7 @@ fn check_pdb_respected(
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
         drained,
-        "`api` still had a pod on the node when the instance died"
+        "`api` still had a pod on the node when its instance was terminated"
     );
     let fewest = fewest_ready.unwrap_or(0);
     anyhow::ensure!(
@@ -588,45 +1151,108 @@ mod tests {
         }
     }
 
-    fn ranking() -> Ranking {
+    fn ranking(zones: &[(&str, &[&str])]) -> Ranking {
         Ranking {
             schema_version: spotkube_shared::ranking::SCHEMA_VERSION.into(),
             computed_at: jiff::Timestamp::UNIX_EPOCH,
             source: "test".into(),
             region: None,
             criteria: None,
-            zones: BTreeMap::from([(
-                "us-east-1a".to_string(),
-                vec![ranked(1, "c7g.4xlarge"), ranked(2, "m7g.large")],
-            )]),
+            zones: zones
+                .iter()
+                .map(|(zone, types)| {
+                    let entries = types
+                        .iter()
+                        .enumerate()
+                        .map(|(i, t)| ranked(i as u32 + 1, t))
+                        .collect();
+                    (zone.to_string(), entries)
+                })
+                .collect(),
             unavailable: Vec::new(),
+        }
+    }
+
+    fn facts(instance_type: &str, spot: bool) -> NodeFacts {
+        NodeFacts {
+            instance_type: instance_type.into(),
+            zone: "us-east-1a".into(),
+            spot,
+            instance_id: "i-1".into(),
         }
     }
 
     #[test]
     fn a_pod_off_a_rank_one_spot_node_fails_the_demo() {
-        let node_types = BTreeMap::from([
-            ("spot-c7g", ("c7g.4xlarge", "us-east-1a")),
-            ("spot-m7g", ("m7g.large", "us-east-1a")),
-            ("od-c7g", ("c7g.4xlarge", "us-east-1a")),
+        let facts = BTreeMap::from([
+            ("spot-c7g".to_string(), facts("c7g.4xlarge", true)),
+            ("spot-m7g".to_string(), facts("m7g.large", true)),
+            ("od-c7g".to_string(), facts("c7g.4xlarge", false)),
         ]);
-        let spot = ["spot-c7g", "spot-m7g"];
         let on = |node: &str| BTreeMap::from([("web-1".to_string(), node.to_string())]);
-        let ranking = ranking();
-        assert!(check_rank_one(&on("spot-c7g"), &node_types, &spot, &ranking).is_ok());
-        let rank_two = check_rank_one(&on("spot-m7g"), &node_types, &spot, &ranking);
+        let ranking = ranking(&[("us-east-1a", &["c7g.4xlarge", "m7g.large"])]);
+        assert!(check_rank_one(&on("spot-c7g"), &facts, &ranking).is_ok());
+        let rank_two = check_rank_one(&on("spot-m7g"), &facts, &ranking);
         assert!(
             rank_two
                 .unwrap_err()
                 .to_string()
                 .contains("web-1 on spot-m7g")
         );
-        assert!(check_rank_one(&on("od-c7g"), &node_types, &spot, &ranking).is_err());
-        assert!(check_rank_one(&BTreeMap::new(), &node_types, &spot, &ranking).is_err());
+        assert!(check_rank_one(&on("od-c7g"), &facts, &ranking).is_err());
+        assert!(check_rank_one(&on("unknown"), &facts, &ranking).is_err());
+        assert!(check_rank_one(&BTreeMap::new(), &facts, &ranking).is_err());
     }
 
     #[test]
-    fn the_pdb_claim_needs_a_drain_before_the_death_and_never_fewer_than_min_available() {
+    fn the_spot_group_takes_the_type_ranked_first_in_every_zone_else_in_the_first() {
+        let same = ranking(&[
+            ("us-east-1a", &["c7g.4xlarge", "m7g.large"]),
+            ("us-east-1b", &["c7g.4xlarge", "c7g.2xlarge"]),
+        ]);
+        let zones = ["us-east-1a", "us-east-1b"];
+        assert_eq!(
+            pick_spot_type(&same, &zones).as_deref(),
+            Some("c7g.4xlarge")
+        );
+        let differ = ranking(&[
+            ("us-east-1a", &["m7g.large", "c7g.4xlarge"]),
+            ("us-east-1b", &["c7g.4xlarge", "m7g.large"]),
+        ]);
+        assert_eq!(
+            pick_spot_type(&differ, &zones).as_deref(),
+            Some("m7g.large")
+        );
+        assert_eq!(pick_spot_type(&ranking(&[]), &zones), None);
+    }
+
+    #[test]
+    fn the_request_annotation_prints_phase_group_and_desired_capacity() {
+        let alias = |n: &str| format!("<{n}>");
+        let value = r#"{"phase":"requested","trigger":"rebalance","since":"2026-01-01T00:00:00Z","group":"demo-spot","from":1,"to":2}"#;
+        assert_eq!(
+            request_summary(value, alias),
+            "requested (group demo-spot, desired 1 → 2), trigger rebalance"
+        );
+        let fallback = r#"{"phase":"requested","trigger":"rebalance","since":"2026-01-01T00:00:00Z","group":"demo-on-demand","fallback":true,"from":0,"to":1}"#;
+        assert_eq!(
+            request_summary(fallback, alias),
+            "requested (on-demand fallback demo-on-demand, desired 0 → 1), trigger rebalance"
+        );
+        let draining = r#"{"phase":"draining","trigger":"rebalance","since":"2026-01-01T00:00:00Z","group":"demo-on-demand","fallback":true,"from":0,"to":1,"replacement":"i-1","replacementNode":"ip-1"}"#;
+        assert_eq!(
+            request_summary(draining, alias),
+            "draining, replacement <ip-1>, trigger rebalance"
+        );
+        assert_eq!(
+            request_summary(r#"{"phase":"wanted","trigger":"rebalance"}"#, alias),
+            "wanted, trigger rebalance"
+        );
+        assert_eq!(request_summary("{", alias), "(unreadable)");
+    }
+
+    #[test]
+    fn the_pdb_claim_needs_a_drain_before_the_termination_and_never_fewer_than_min_available() {
         assert!(check_pdb_respected(true, Some(2), 2).is_ok());
         assert!(check_pdb_respected(true, Some(3), 2).is_ok());
         let below = check_pdb_respected(true, Some(1), 2).unwrap_err();
