@@ -67,6 +67,16 @@ async fn create_workload(test: &TestNamespace, name: &str, replicas: i32) -> any
 
 impl Scenario {
     async fn start(prefix: &str, join_delay: Duration) -> anyhow::Result<Scenario> {
+        Scenario::start_with(prefix, join_delay, 3, 2).await
+    }
+
+    /// With the spot group's MaxSize and the on-demand group's (0: no fallback group).
+    async fn start_with(
+        prefix: &str,
+        join_delay: Duration,
+        spot_max: i32,
+        on_demand_max: i32,
+    ) -> anyhow::Result<Scenario> {
         let cluster = Cluster::shared().await?;
         let test = cluster
             .namespace_with(prefix, &[("spotkube.io/enabled", "true")])
@@ -85,7 +95,7 @@ impl Scenario {
         let on_demand = format!("{}-on-demand", test.name);
         GroupSpec::new(&spot, "spot-lt")
             .zones(&ZONES)
-            .size(0, 3, 1)
+            .size(0, spot_max, 1)
             .mixed(&[SPOT_TYPE], 0, 0)
             .tags(&[
                 ("spotkube.io/pool", &test.name),
@@ -93,15 +103,17 @@ impl Scenario {
             ])
             .create(&moto)
             .await?;
-        GroupSpec::new(&on_demand, "on-demand-lt")
-            .zones(&ZONES)
-            .size(0, 2, 0)
-            .tags(&[
-                ("spotkube.io/pool", &test.name),
-                ("spotkube.io/capacity", "on-demand"),
-            ])
-            .create(&moto)
-            .await?;
+        if on_demand_max > 0 {
+            GroupSpec::new(&on_demand, "on-demand-lt")
+                .zones(&ZONES)
+                .size(0, on_demand_max, 0)
+                .tags(&[
+                    ("spotkube.io/pool", &test.name),
+                    ("spotkube.io/capacity", "on-demand"),
+                ])
+                .create(&moto)
+                .await?;
+        }
         let registrar = Registrar::start(
             &moto,
             test.client.clone(),
@@ -493,6 +505,90 @@ async fn a_leader_killed_between_scale_up_and_drain_leaves_the_plan_to_the_next(
             s.group(&s.spot).await?.0,
             1,
             "the group is back at its size"
+        );
+        Ok(())
+    }
+    .await;
+    s.test.report(result)
+}
+
+/// A rebalance with no capacity to be had (the spot group at its MaxSize, no on-demand
+/// group): nothing is asked, the node stays `PreferNoSchedule` with its workloads where
+/// they are, and once the expiry passes without an interruption its mark, taint and
+/// request are removed.
+#[tokio::test]
+async fn a_rebalance_without_capacity_is_unmarked_after_the_expiry() -> anyhow::Result<()> {
+    let _alone = EXCLUSIVE.lock().await;
+    let s = Scenario::start_with("cap-expiry", Duration::from_secs(2), 1, 0).await?;
+    let result = async {
+        let cluster = Cluster::shared().await?;
+        let controller = cluster
+            .start_controller(s.options("only").arg("--rebalance-expiry=8s"))
+            .await?;
+        let nodes: Api<Node> = Api::all(s.test.client.clone());
+        s.send(EventKind::RebalanceRecommendation).await?;
+        let request = wait_for(
+            "the request unavailable",
+            Duration::from_secs(30),
+            || async {
+                Ok(s.request(&s.doomed.1)
+                    .await?
+                    .filter(|r| r["phase"] == "unavailable"))
+            },
+        )
+        .await?;
+        assert!(
+            request["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("MaxSize"),
+            "{request}"
+        );
+        let node = nodes.get(&s.doomed.1).await?;
+        let taints = node.spec.and_then(|s| s.taints).unwrap_or_default();
+        assert!(
+            taints
+                .iter()
+                .any(|t| t.key == "spotkube.io/interruption" && t.effect == "PreferNoSchedule"),
+            "{taints:?}"
+        );
+        assert_eq!(
+            s.moto.calls("SetDesiredCapacity").await?,
+            0,
+            "nothing asked"
+        );
+        // Nothing moved: both workloads still run on the node.
+        for app in ["web", "api"] {
+            let on = s.nodes_of(app).await?;
+            assert!(on.iter().all(|n| *n == s.doomed.1), "{app} runs on {on:?}");
+        }
+        wait_for(
+            "the mark removed after the expiry",
+            Duration::from_secs(30),
+            || async {
+                let node = nodes.get(&s.doomed.1).await?;
+                let annotations = node.metadata.annotations.clone().unwrap_or_default();
+                let tainted = node
+                    .spec
+                    .and_then(|s| s.taints)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|t| t.key == "spotkube.io/interruption");
+                let clean = !tainted
+                    && !annotations.contains_key("spotkube.io/interruption")
+                    && !annotations.contains_key(CAPACITY_REQUEST);
+                Ok(clean.then_some(()))
+            },
+        )
+        .await?;
+        let metrics = controller.metrics().await?;
+        assert_eq!(
+            metric_value(
+                &metrics,
+                "spotkube_controller_capacity_rebalance_expired_total"
+            ),
+            Some(1.0),
+            "{metrics}"
         );
         Ok(())
     }
