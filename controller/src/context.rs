@@ -2,6 +2,7 @@
 //! client, the Event recorder, the metrics, the watch-fed indexes and the AWS clients.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
@@ -15,6 +16,9 @@ use crate::metrics::Metrics;
 use crate::nodes_index::NodesIndex;
 use crate::notify::Notifier;
 use crate::view::{self, OwnerCache};
+
+/// Seconds between the retries of an Event the API server refused (about a minute).
+const EVENT_RETRIES: [u64; 6] = [1, 2, 4, 8, 15, 30];
 
 /// The longest Event note the API server accepts.
 const MAX_NOTE: usize = 1024;
@@ -122,7 +126,20 @@ impl Context {
             secondary: None,
         };
         if let Err(error) = self.recorder.publish(&event, object).await {
-            tracing::warn!(%error, reason, "could not record a Kubernetes Event");
+            // The API server may be restarting: try again in the background for a minute
+            // rather than lose the record of what spotkube did.
+            tracing::warn!(%error, reason, "could not record a Kubernetes Event; retrying");
+            let (recorder, object) = (self.recorder.clone(), object.clone());
+            tokio::spawn(async move {
+                for delay in EVENT_RETRIES {
+                    tokio::time::sleep(Duration::from_secs(delay)).await;
+                    match recorder.publish(&event, &object).await {
+                        Ok(()) => return,
+                        Err(error) => tracing::debug!(%error, "Event retry failed"),
+                    }
+                }
+                tracing::warn!(reason = %event.reason, "gave up recording a Kubernetes Event");
+            });
         }
     }
 }

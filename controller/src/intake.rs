@@ -283,14 +283,15 @@ impl Intake {
         let marked = node_view.after(&marks);
         tracing::debug!(?marks, "decided on the node");
         let marking = self.actor.execute(node_name, marks, received).await;
-        let replacing = self.want_capacity(event, &node).await;
+        // The replacement is asked for beside the protection, never before it: a surge
+        // does not wait for capacity to be recorded.
         let protecting = async {
             let pods = ctx.pods_on(node_name).await?;
             let actions = decide::workloads(event, &marked, &pods, now);
             tracing::debug!(?actions, "decided on the workloads");
             self.actor.execute(node_name, actions, received).await
-        }
-        .await;
+        };
+        let (replacing, protecting) = tokio::join!(self.want_capacity(event, &node), protecting);
         let failures: Vec<Error> = [marking, replacing, protecting]
             .into_iter()
             .filter_map(Result::err)
