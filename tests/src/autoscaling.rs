@@ -32,6 +32,42 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 use crate::RigError;
 use crate::aws::{Moto, TEST_AMI};
 
+/// A spot group of spotkube pool `pool` (tags `spotkube.io/pool`, `spotkube.io/capacity
+/// =spot`) from `template` over `zones`, every instance a spot `instance_type` (a
+/// MixedInstancesPolicy), sized `(min, max, desired)`.
+pub fn spot_pool_group(
+    name: &str,
+    template: &str,
+    pool: &str,
+    instance_type: &str,
+    zones: &[&str],
+    (min, max, desired): (i32, i32, i32),
+) -> GroupSpec {
+    GroupSpec::new(name, template)
+        .zones(zones)
+        .size(min, max, desired)
+        .mixed(&[instance_type], 0, 0)
+        .tags(&[("spotkube.io/pool", pool), ("spotkube.io/capacity", "spot")])
+}
+
+/// The on-demand group of spotkube pool `pool` (its spot group's fallback) from
+/// `template` (an on-demand template) over `zones`.
+pub fn on_demand_pool_group(
+    name: &str,
+    template: &str,
+    pool: &str,
+    zones: &[&str],
+    (min, max, desired): (i32, i32, i32),
+) -> GroupSpec {
+    GroupSpec::new(name, template)
+        .zones(zones)
+        .size(min, max, desired)
+        .tags(&[
+            ("spotkube.io/pool", pool),
+            ("spotkube.io/capacity", "on-demand"),
+        ])
+}
+
 /// For `map_err`: an SDK error, with its causes, as [`RigError::Aws`] after `context`.
 fn sdk_err<E: std::error::Error>(context: impl std::fmt::Display) -> impl FnOnce(E) -> RigError {
     move |e| RigError::Aws(format!("{context}: {}", DisplayErrorContext(e)))

@@ -71,6 +71,33 @@ pub async fn create_pdb(
     Ok(())
 }
 
+/// The two workloads of the zero-gap scenarios on the test's pool (`POOL=<namespace>`):
+/// `web` (1 replica) and `api` (`api_replicas`, PDB maxUnavailable 1), each with its
+/// Service, rolled out with every endpoint ready.
+pub async fn web_and_api(
+    client: &kube::Client,
+    namespace: &str,
+    api_replicas: i32,
+) -> Result<(), RigError> {
+    for (name, replicas) in [("web", 1), ("api", api_replicas)] {
+        crate::workloads::create_on_pool(client, namespace, name, replicas, (POOL, namespace))
+            .await?;
+    }
+    create_pdb(client, namespace, "api", 1).await?;
+    for (name, replicas) in [("web", 1), ("api", api_replicas)] {
+        crate::wait_for_rollout(client, namespace, name, Duration::from_secs(60)).await?;
+        crate::wait_for_ready_endpoints(
+            client,
+            namespace,
+            name,
+            replicas as usize,
+            Duration::from_secs(30),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// Whether Node `name` carries spotkube's NoSchedule taint, its cordon and its notice.
 pub async fn node_marked(client: &kube::Client, name: &str) -> Result<bool, RigError> {
     let node = Api::<Node>::all(client.clone())

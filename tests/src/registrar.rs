@@ -105,6 +105,28 @@ impl Registrar {
         self.joined.lock().unwrap().get(instance_id).cloned()
     }
 
+    /// Waits up to `timeout` for `instance_id` to join and its Node to be Ready; its name.
+    pub async fn ready_node(
+        &self,
+        client: &kube::Client,
+        instance_id: &str,
+        timeout: Duration,
+    ) -> Result<String, crate::RigError> {
+        let nodes: Api<Node> = Api::all(client.clone());
+        let what = format!("instance {instance_id}'s Node Ready");
+        crate::wait_for(&what, timeout, || async {
+            let Some(name) = self.node_name(instance_id) else {
+                return Ok(None);
+            };
+            let ready = nodes
+                .get_opt(&name)
+                .await?
+                .is_some_and(|n| crate::nodes::is_ready(&n));
+            Ok(ready.then_some(name))
+        })
+        .await
+    }
+
     /// Instance id → Node name of every joined instance.
     pub fn joined(&self) -> BTreeMap<String, String> {
         self.joined.lock().unwrap().clone()

@@ -127,3 +127,19 @@ pub async fn create_with_service(
         .map_err(|e| RigError::Kube(format!("create service {namespace}/{name}: {e}")))?;
     Ok(())
 }
+
+/// A pause Deployment of `replicas` on the Nodes labelled `<pool_label>=<pool>` (a test's
+/// pool), grace period 1 s, with its Service.
+pub async fn create_on_pool(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    replicas: i32,
+    (pool_label, pool): (&str, &str),
+) -> Result<(), RigError> {
+    let d = with_grace_period(
+        with_node_selector(deployment(name, replicas), pool_label, pool),
+        1,
+    );
+    create_with_service(client, namespace, &d).await
+}

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::Api;
 use serde_json::Value;
-use spotkube_rig::autoscaling::{self, GroupSpec, LaunchTemplate};
+use spotkube_rig::autoscaling::{self, LaunchTemplate};
 use spotkube_rig::aws::{EventKind, Moto};
 use spotkube_rig::faults::{POOL, env_count, quantile};
 use spotkube_rig::{Cluster, Registrar, RegistrarOptions, wait_for};
@@ -68,14 +68,9 @@ async fn a_burst_of_rebalances_across_three_pools() -> anyhow::Result<()> {
         LaunchTemplate::new("bench-lt", TYPE).create(&moto).await?;
         let groups: Vec<String> = (0..3).map(|i| format!("{}-p{i}", test.name)).collect();
         for (i, group) in groups.iter().enumerate() {
-            GroupSpec::new(group, "bench-lt")
-                .zones(&ZONES)
-                .size(0, max[i] as i32, sizes[i] as i32)
-                .mixed(&[TYPE], 0, 0)
-                .tags(&[
-                    ("spotkube.io/pool", &format!("p{i}")),
-                    ("spotkube.io/capacity", "spot"),
-                ])
+            let pool = format!("p{i}");
+            let size = (0, max[i] as i32, sizes[i] as i32);
+            autoscaling::spot_pool_group(group, "bench-lt", &pool, TYPE, &ZONES, size)
                 .create(&moto)
                 .await?;
         }

@@ -14,14 +14,12 @@ use aws_sdk_ec2::types::{
     InstanceMarketOptionsRequest, InstanceType, LaunchTemplateSpecification, MarketType, Placement,
     RequestLaunchTemplateData, ResourceType, Tag, TagSpecification,
 };
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
-use kube::api::{Api, ListParams, PostParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
+use kube::api::{Api, ListParams};
 use serde_json::Value;
-use spotkube_rig::autoscaling::{self, GroupSpec, LaunchTemplate};
+use spotkube_rig::autoscaling::{self, LaunchTemplate};
 use spotkube_rig::aws::{EventKind, Moto, Queues, TEST_AMI};
-use spotkube_rig::faults::{NothingLost, POOL, Protection, create_pdb, metric_value};
-use spotkube_rig::nodes::is_ready;
+use spotkube_rig::faults::{self, NothingLost, POOL, Protection, metric_value};
 use spotkube_rig::programs::ProgramOptions;
 use spotkube_rig::{
     Cluster, EndpointWatch, FakeNode, Program, Registrar, RegistrarOptions, TestNamespace,
@@ -54,14 +52,7 @@ struct Scenario {
 }
 
 async fn create_workload(test: &TestNamespace, name: &str, replicas: i32) -> anyhow::Result<()> {
-    let d = workloads::with_node_selector(workloads::deployment(name, replicas), POOL, &test.name);
-    let d = workloads::with_grace_period(d, 1);
-    Api::<Deployment>::namespaced(test.client.clone(), &test.name)
-        .create(&PostParams::default(), &d)
-        .await?;
-    Api::<Service>::namespaced(test.client.clone(), &test.name)
-        .create(&PostParams::default(), &workloads::service(name))
-        .await?;
+    workloads::create_on_pool(&test.client, &test.name, name, replicas, (POOL, &test.name)).await?;
     Ok(())
 }
 
@@ -93,26 +84,26 @@ impl Scenario {
             .await?;
         let spot = format!("{}-spot", test.name);
         let on_demand = format!("{}-on-demand", test.name);
-        GroupSpec::new(&spot, "spot-lt")
-            .zones(&ZONES)
-            .size(0, spot_max, 1)
-            .mixed(&[SPOT_TYPE], 0, 0)
-            .tags(&[
-                ("spotkube.io/pool", &test.name),
-                ("spotkube.io/capacity", "spot"),
-            ])
+        autoscaling::spot_pool_group(
+            &spot,
+            "spot-lt",
+            &test.name,
+            SPOT_TYPE,
+            &ZONES,
+            (0, spot_max, 1),
+        )
+        .create(&moto)
+        .await?;
+        if on_demand_max > 0 {
+            autoscaling::on_demand_pool_group(
+                &on_demand,
+                "on-demand-lt",
+                &test.name,
+                &ZONES,
+                (0, on_demand_max, 0),
+            )
             .create(&moto)
             .await?;
-        if on_demand_max > 0 {
-            GroupSpec::new(&on_demand, "on-demand-lt")
-                .zones(&ZONES)
-                .size(0, on_demand_max, 0)
-                .tags(&[
-                    ("spotkube.io/pool", &test.name),
-                    ("spotkube.io/capacity", "on-demand"),
-                ])
-                .create(&moto)
-                .await?;
         }
         let registrar = Registrar::start(
             &moto,
@@ -124,31 +115,10 @@ impl Scenario {
         .await;
         let first = autoscaling::instance_ids(&autoscaling::group(&moto, &spot).await?);
         let instance = first.first().cloned().expect("the spot group's instance");
-        let node = wait_for("the spot node joins", Duration::from_secs(60), || async {
-            Ok(registrar.node_name(&instance))
-        })
-        .await?;
-        let nodes: Api<Node> = Api::all(test.client.clone());
-        wait_for(
-            "the spot node is Ready",
-            Duration::from_secs(60),
-            || async { Ok(is_ready(&nodes.get(&node).await?).then_some(())) },
-        )
-        .await?;
-        create_workload(&test, "web", 1).await?;
-        create_workload(&test, "api", 3).await?;
-        create_pdb(&test.client, &test.name, "api", 1).await?;
-        for (name, replicas) in [("web", 1), ("api", 3)] {
-            wait_for_rollout(&test.client, &test.name, name, Duration::from_secs(60)).await?;
-            wait_for_ready_endpoints(
-                &test.client,
-                &test.name,
-                name,
-                replicas,
-                Duration::from_secs(30),
-            )
+        let node = registrar
+            .ready_node(&test.client, &instance, Duration::from_secs(60))
             .await?;
-        }
+        faults::web_and_api(&test.client, &test.name, 3).await?;
         Ok(Scenario {
             test,
             moto,

@@ -8,14 +8,13 @@
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, ListParams, PostParams};
-use spotkube_rig::autoscaling::{self, GroupSpec, LaunchTemplate};
+use spotkube_rig::autoscaling::{self, LaunchTemplate};
 use spotkube_rig::aws::Moto;
 use spotkube_rig::faults::{POOL, metric_value};
-use spotkube_rig::nodes::is_ready;
 use spotkube_rig::{Cluster, Registrar, RegistrarOptions, wait_for, workloads};
 
 static EXCLUSIVE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -64,14 +63,7 @@ async fn an_unschedulable_pod_gets_its_pool_raised_once_and_runs_on_the_new_node
             .create(&moto)
             .await?;
         let spot = format!("{}-spot", test.name);
-        GroupSpec::new(&spot, "spot-lt")
-            .zones(&ZONES)
-            .size(0, 3, 1)
-            .mixed(&[SPOT_TYPE], 0, 0)
-            .tags(&[
-                ("spotkube.io/pool", &test.name),
-                ("spotkube.io/capacity", "spot"),
-            ])
+        autoscaling::spot_pool_group(&spot, "spot-lt", &test.name, SPOT_TYPE, &ZONES, (0, 3, 1))
             .create(&moto)
             .await?;
         let registrar = Registrar::start(
@@ -89,15 +81,9 @@ async fn an_unschedulable_pod_gets_its_pool_raised_once_and_runs_on_the_new_node
             .first()
             .cloned()
             .expect("the spot group's instance");
-        let nodes: Api<Node> = Api::all(test.client.clone());
-        let first_node = wait_for("the spot node joins", Duration::from_secs(60), || async {
-            Ok(registrar.node_name(&first))
-        })
-        .await?;
-        wait_for("the spot node is Ready", Duration::from_secs(60), || async {
-            Ok(is_ready(&nodes.get(&first_node).await?).then_some(()))
-        })
-        .await?;
+        registrar
+            .ready_node(&test.client, &first, Duration::from_secs(60))
+            .await?;
 
         Api::<Deployment>::namespaced(test.client.clone(), &test.name)
             .create(&PostParams::default(), &big(&test.name, 2))

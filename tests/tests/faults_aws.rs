@@ -11,12 +11,13 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::Value;
 use spotkube_rig::aws::{EventKind, Fault, Moto, Queues, SQS_CONSUMER_ACTIONS};
-use spotkube_rig::faults::{NothingLost, POOL, Protection, create_pdb, env_count, metric_value};
+use spotkube_rig::faults::{
+    self, NothingLost, POOL, Protection, create_pdb, env_count, metric_value,
+};
 use spotkube_rig::programs::ProgramOptions;
 use spotkube_rig::{
     Cluster, EndpointWatch, FakeNode, Program, TestNamespace, wait_for, wait_for_ready_endpoints,
@@ -35,14 +36,7 @@ struct Scenario {
 }
 
 async fn create_workload(test: &TestNamespace, name: &str, replicas: i32) -> anyhow::Result<()> {
-    let d = workloads::with_node_selector(workloads::deployment(name, replicas), POOL, &test.name);
-    let d = workloads::with_grace_period(d, 1);
-    Api::<Deployment>::namespaced(test.client.clone(), &test.name)
-        .create(&PostParams::default(), &d)
-        .await?;
-    Api::<Service>::namespaced(test.client.clone(), &test.name)
-        .create(&PostParams::default(), &workloads::service(name))
-        .await?;
+    workloads::create_on_pool(&test.client, &test.name, name, replicas, (POOL, &test.name)).await?;
     Ok(())
 }
 
@@ -58,20 +52,7 @@ impl Scenario {
             .await?;
         let doomed = FakeNode::spot("m7g.large", "us-east-1a").with_label(POOL, &test.name);
         doomed.create(&test.client).await?;
-        create_workload(&test, "web", 1).await?;
-        create_workload(&test, "api", 2).await?;
-        create_pdb(&test.client, &test.name, "api", 1).await?;
-        for (name, replicas) in [("web", 1), ("api", 2)] {
-            wait_for_rollout(&test.client, &test.name, name, Duration::from_secs(60)).await?;
-            wait_for_ready_endpoints(
-                &test.client,
-                &test.name,
-                name,
-                replicas,
-                Duration::from_secs(30),
-            )
-            .await?;
-        }
+        faults::web_and_api(&test.client, &test.name, 2).await?;
         let spare = FakeNode::spot("m7g.large", "us-east-1b").with_label(POOL, &test.name);
         spare.create(&test.client).await?;
         wait_for_schedulable_nodes(
