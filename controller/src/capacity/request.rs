@@ -218,17 +218,34 @@ impl CapacityRequest {
     }
 }
 
-/// Whether a new event with `trigger` replaces the Node's current request: none yet, or
-/// one that ended without capacity when the event is graver (an interruption after an
-/// unavailable rebalance tries again).
-pub fn replaces(current: Option<&CapacityRequest>, trigger: Trigger) -> bool {
-    match current {
-        None => true,
-        Some(request) => {
-            trigger == Trigger::Interruption
-                && request.trigger == Trigger::Rebalance
-                && request.phase == Phase::Unavailable
-        }
+/// What a new event with `trigger` (and the interruption's `deadline`) makes of the
+/// Node's current request; `None`: keep it as it is.
+/// - No request yet: a new one.
+/// - An interruption after a rebalance whose request ended without capacity: a new one
+///   (capacity may be had now).
+/// - An interruption after a rebalance whose request is under way: the same request,
+///   now held to the interruption's deadline (its Node is terminated with decrement
+///   before AWS reclaims it, so the group does not replace it a second time).
+pub fn after_event(
+    current: Option<&CapacityRequest>,
+    trigger: Trigger,
+    deadline: Option<Timestamp>,
+    now: Timestamp,
+) -> Option<CapacityRequest> {
+    let Some(request) = current else {
+        return Some(CapacityRequest::wanted(trigger, deadline, now));
+    };
+    if trigger != Trigger::Interruption || request.trigger != Trigger::Rebalance {
+        return None;
+    }
+    match request.phase {
+        Phase::Unavailable => Some(CapacityRequest::wanted(trigger, deadline, now)),
+        Phase::Terminated | Phase::NoPool => None,
+        _ => Some(CapacityRequest {
+            trigger,
+            deadline,
+            ..request.clone()
+        }),
     }
 }
 
@@ -342,16 +359,48 @@ mod tests {
     }
 
     #[test]
-    fn a_new_event_replaces_no_request_or_an_unavailable_rebalance_on_a_warning() {
+    fn a_warning_renews_an_unavailable_rebalance_and_holds_one_under_way_to_its_deadline() {
         let at0 = at("2026-12-01T10:00:00Z");
-        assert!(replaces(None, Trigger::Rebalance));
-        let requested =
-            CapacityRequest::wanted(Trigger::Rebalance, None, at0).enter(Phase::Requested, at0);
-        assert!(!replaces(Some(&requested), Trigger::Interruption));
-        assert!(!replaces(Some(&requested), Trigger::Rebalance));
+        let later = at("2026-12-01T10:05:00Z");
+        let deadline = Some(at("2026-12-01T10:07:00Z"));
+        let fresh = after_event(None, Trigger::Rebalance, None, at0).unwrap();
+        assert_eq!(
+            fresh,
+            CapacityRequest::wanted(Trigger::Rebalance, None, at0)
+        );
+        let requested = fresh.enter(Phase::Requested, at0);
+        // Another rebalance, or a second warning, changes nothing.
+        assert_eq!(
+            after_event(Some(&requested), Trigger::Rebalance, None, later),
+            None
+        );
+        // A warning keeps the phase (nothing asked twice) and takes the deadline.
+        let held = after_event(Some(&requested), Trigger::Interruption, deadline, later).unwrap();
+        assert_eq!((held.phase, held.since), (Phase::Requested, at0));
+        assert_eq!(
+            (held.trigger, held.deadline),
+            (Trigger::Interruption, deadline)
+        );
+        assert_eq!(
+            after_event(Some(&held), Trigger::Interruption, deadline, later),
+            None
+        );
+        // Without capacity: asked again from the start.
         let unavailable = requested.enter(Phase::Unavailable, at0);
-        assert!(replaces(Some(&unavailable), Trigger::Interruption));
-        assert!(!replaces(Some(&unavailable), Trigger::Rebalance));
+        let renewed =
+            after_event(Some(&unavailable), Trigger::Interruption, deadline, later).unwrap();
+        assert_eq!(
+            renewed,
+            CapacityRequest::wanted(Trigger::Interruption, deadline, later)
+        );
+        // Over, or no pool: left alone.
+        for phase in [Phase::Terminated, Phase::NoPool] {
+            let done = requested.enter(phase, at0);
+            assert_eq!(
+                after_event(Some(&done), Trigger::Interruption, deadline, later),
+                None
+            );
+        }
     }
 
     #[test]

@@ -75,8 +75,9 @@ pub struct CapacityLoop {
     pub wake: Arc<Notify>,
 }
 
-/// Records on Node `node` that a replacement is wanted (unless a request is already
-/// under way), and wakes the loop. The intake calls it after marking the Node.
+/// Records on Node `node` what the event makes of its capacity request (see
+/// [`request::after_event`]) and wakes the loop. The intake calls it after marking the
+/// Node.
 pub async fn record_wanted(
     actor: &Actor,
     wake: &Notify,
@@ -88,11 +89,11 @@ pub async fn record_wanted(
         .annotations()
         .get(CAPACITY_REQUEST)
         .and_then(|v| CapacityRequest::from_annotation(v).ok());
-    if !request::replaces(current.as_ref(), trigger) {
+    let Some(next) = request::after_event(current.as_ref(), trigger, deadline, Timestamp::now())
+    else {
         return Ok(());
-    }
-    let wanted = CapacityRequest::wanted(trigger, deadline, Timestamp::now());
-    write(actor, &node.name_any(), &wanted).await?;
+    };
+    write(actor, &node.name_any(), &next).await?;
     wake.notify_one();
     Ok(())
 }
@@ -413,11 +414,17 @@ impl Pass<'_> {
             EventType::Normal,
             "SpotkubeCapacityRequested",
             format!(
-                "asked Auto Scaling group {} for one more node ({} -> {}) to replace this one ({})",
+                "asked Auto Scaling group {} for a node to replace this one ({}): desired capacity {} -> {}{}",
                 request.group.as_deref().unwrap_or_default(),
+                request.trigger.as_str(),
                 request.from.unwrap_or_default(),
                 request.to.unwrap_or_default(),
-                request.trigger.as_str()
+                match request.to.zip(request.from) {
+                    Some((to, from)) if to - from > 1 => {
+                        format!(" (one request for {} nodes at risk)", to - from)
+                    }
+                    _ => String::new(),
+                }
             ),
         )
         .await;
