@@ -123,8 +123,25 @@ impl Run {
                 faults::create_pdb(client, ns, name, 1).await?;
             }
         }
-        for (name, _) in WORKLOADS {
+        for (name, protection) in WORKLOADS {
             wait_for_rollout(client, ns, name, Duration::from_secs(90)).await?;
+            // Rolled out is not yet served: the EndpointSlice controller may still be
+            // retrying ("informer cache is out of date"), and a watch started before the
+            // endpoint is in the slice reads that as a gap (the "scaled" gap of CI on
+            // 8dcc8ac: the ReplicaSet and kwok logs show no serving pod ever removed).
+            let replicas = if *protection == Protection::Evict {
+                3
+            } else {
+                1
+            };
+            spotkube_rig::wait_for_ready_endpoints(
+                client,
+                ns,
+                name,
+                replicas,
+                Duration::from_secs(30),
+            )
+            .await?;
         }
         FakeNode::spot("m7g.large", "us-east-1b")
             .with_label(POOL, ns)
@@ -794,8 +811,16 @@ async fn apiserver_restart(
             faults::create_pdb(client, ns, name, 1).await?;
         }
     }
-    for (name, _) in WORKLOADS {
+    for (name, protection) in WORKLOADS {
         wait_for_rollout(client, ns, name, Duration::from_secs(90)).await?;
+        // Served before the watch starts (see `Run::populate`).
+        let replicas = if *protection == Protection::Evict {
+            3
+        } else {
+            1
+        };
+        spotkube_rig::wait_for_ready_endpoints(client, ns, name, replicas, Duration::from_secs(30))
+            .await?;
     }
     FakeNode::spot("m7g.large", "us-east-1b")
         .with_label(POOL, ns)
