@@ -196,9 +196,12 @@ fn policy_exclusion(policy: &Policy, capacity: CapacityType) -> Option<String> {
         return None;
     }
     match (policy.capacity, capacity) {
-        (Capacity::OnDemand, CapacityType::Spot) => {
-            Some("pod policy spotkube.io/capacity=on-demand excludes spot nodes".into())
-        }
+        // A `fargate` pod is not spotkube's to schedule (the webhook sends it to Fargate's
+        // scheduler); if one arrives here all the same, it is kept off spot as on-demand.
+        (Capacity::OnDemand | Capacity::Fargate, CapacityType::Spot) => Some(format!(
+            "pod policy spotkube.io/capacity={} excludes spot nodes",
+            policy.capacity
+        )),
         (Capacity::SpotOnly, c) if c != CapacityType::Spot => Some(format!(
             "pod policy spotkube.io/capacity=spot-only excludes {c} nodes"
         )),

@@ -243,6 +243,15 @@ async fn policy_excludes_spot_for_on_demand_pods() {
         "pod policy spotkube.io/capacity=on-demand excludes spot nodes"
     );
 
+    // A `fargate` pod should never reach the extender; if one does, it is on-demand.
+    args["Pod"]["metadata"]["annotations"] = json!({"spotkube.io/capacity": "fargate"});
+    let result = server.filter(&args).await;
+    assert!(result.node_names.unwrap().is_empty());
+    assert_eq!(
+        result.failed_nodes["fake-node-1"],
+        "pod policy spotkube.io/capacity=fargate excludes spot nodes"
+    );
+
     // spot-only keeps spot nodes.
     args["Pod"]["metadata"]["annotations"] = json!({"spotkube.io/capacity": "spot-only"});
     assert_eq!(server.filter(&args).await.node_names.unwrap().len(), 3);

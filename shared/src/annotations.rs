@@ -47,6 +47,19 @@ pub const SURGE_UNTIL: &str = "spotkube.io/surge-until";
 /// (whatever its hold), so the workload is back to the replicas its owner asked for.
 pub const SURGE_NODE: &str = "spotkube.io/surge-node";
 pub const FAILED_RECOVERIES: &str = "spotkube.io/failed-recoveries";
+/// When the next recovery to spot of a workload on Fargate may start (after a failed
+/// one: base × 2^failures).
+pub const NEXT_RECOVERY: &str = "spotkube.io/next-recovery";
+/// A workload spotkube moved to Fargate (JSON, see the controller's
+/// `fargate::FargateRecord`): the profile labels it added to the pod template, what the
+/// template had under those keys before, and the rollout in flight with the strategy to
+/// restore after it, so a restarted leader finishes the same transition.
+pub const FARGATE_RECORD: &str = "spotkube.io/fargate";
+
+// Policy keys read by the controller only (workload metadata).
+/// How long a workload stays on Fargate before spotkube tries spot again (a duration;
+/// overrides `--fargate-cooldown`).
+pub const FARGATE_COOLDOWN: &str = "spotkube.io/fargate-cooldown";
 
 /// The default `surge-hold`.
 pub const DEFAULT_SURGE_HOLD: Duration = Duration::from_secs(5 * 60);
@@ -112,6 +125,9 @@ annotation_enum!(
         SpotOnly = "spot-only",
         /// No spot affinity; the extender keeps it off spot nodes.
         OnDemand = "on-demand",
+        /// On Fargate from the start: the namespace's Fargate profile labels are added
+        /// at admission and nothing spot.
+        Fargate = "fargate",
     }
 );
 
@@ -267,7 +283,7 @@ mod tests {
         assert_eq!(err.key, CAPACITY);
         assert_eq!(
             err.to_string(),
-            "annotation spotkube.io/capacity: \"spot-maybe\" is not one of spot-preferred spot-only on-demand "
+            "annotation spotkube.io/capacity: \"spot-maybe\" is not one of spot-preferred spot-only on-demand fargate "
         );
         assert!(parse_enabled("yes").is_err());
         assert!(parse_enabled("true").unwrap());

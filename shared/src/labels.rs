@@ -29,3 +29,10 @@ pub const CAPACITY_TYPE_LABELS: &[&str] = &[KARPENTER_CAPACITY_TYPE, EKS_CAPACIT
 pub const SURGING: &str = "spotkube.io/surging";
 /// The value of [`SURGING`].
 pub const SURGING_VALUE: &str = "true";
+
+/// Set by spotkube on a Deployment it moved to Fargate (value [`FARGATE_WORKLOAD_VALUE`])
+/// for as long as it is there or on its way back (states `fargate`, `recovering`): the
+/// recovery loop watches only those.
+pub const FARGATE_WORKLOAD: &str = "spotkube.io/on-fargate";
+/// The value of [`FARGATE_WORKLOAD`].
+pub const FARGATE_WORKLOAD_VALUE: &str = "true";

@@ -7,6 +7,7 @@
 pub mod annotations;
 pub mod events;
 pub mod extender_api;
+pub mod fargate;
 pub mod labels;
 pub mod node;
 pub mod pod;

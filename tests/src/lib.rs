@@ -21,6 +21,7 @@ pub mod bench;
 pub mod certs;
 pub mod cluster;
 pub mod control_plane;
+pub mod fargate;
 pub mod faults;
 pub mod identity;
 pub mod kwok;

@@ -341,7 +341,7 @@ fn review_pod(
         return Ok((Outcome::Skipped, base));
     }
     let mut warnings: Vec<String> = resolved.warnings.iter().map(ToString::to_string).collect();
-    let mutation = mutate::mutate(pod, &resolved.policy, &state.config);
+    let mutation = mutate::mutate(pod, namespace, &resolved.policy, &state.config);
     warnings.extend(mutation.warnings);
     if mutation.patch.0.is_empty() {
         return Ok((Outcome::Unchanged, with_warnings(base, warnings)));

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Toleration;
+use spotkube_shared::fargate::{FargateProfile, FargateProfiles};
 use spotkube_shared::telemetry::LogFormat;
 
 use crate::mutate::{self, MutationConfig};
@@ -47,6 +48,15 @@ pub struct Args {
     /// Topology key for `spotkube.io/spread: capacity-types`.
     #[arg(long, env = "SPOTKUBE_CAPACITY_TOPOLOGY_KEY", default_value = spotkube_shared::labels::KARPENTER_CAPACITY_TYPE)]
     pub capacity_topology_key: String,
+    /// A Fargate profile's selector, NAMESPACES:KEY=VALUE[,KEY=VALUE] (`*` wildcards in
+    /// namespaces; repeat, or space-separate): pods matching one are left to Fargate, and
+    /// `capacity: fargate` pods get the labels of their namespace's first.
+    #[arg(
+        long,
+        env = "SPOTKUBE_FARGATE_PROFILES",
+        value_name = "NAMESPACES:KEY=VALUE[,KEY=VALUE]"
+    )]
+    pub fargate_profile: Vec<FargateProfiles>,
     /// On SIGTERM: report not ready at once and keep answering this long, while the API
     /// servers stop calling this replica; then finish in-flight requests and exit.
     #[arg(long, env = "SPOTKUBE_SHUTDOWN_DRAIN", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -67,12 +77,18 @@ impl Args {
             tolerations: self.spot_toleration.clone(),
             scheduler_name: self.scheduler_name.clone(),
             capacity_topology_key: self.capacity_topology_key.clone(),
+            fargate_profiles: self.fargate_profiles(),
             ..MutationConfig::default()
         };
         if !self.spot_node_label.is_empty() {
             config.spot_labels = self.spot_node_label.clone();
         }
         config
+    }
+
+    /// Every `--fargate-profile`, in order.
+    pub fn fargate_profiles(&self) -> Vec<FargateProfile> {
+        spotkube_shared::fargate::flatten(&self.fargate_profile)
     }
 }
 
@@ -110,6 +126,7 @@ mod tests {
         assert_eq!(config.preferred_weight, 50);
         assert_eq!(config.capacity_topology_key, default.capacity_topology_key);
         assert!(config.tolerations.is_empty() && config.scheduler_name.is_none());
+        assert!(config.fargate_profiles.is_empty());
         assert!(
             Args::try_parse_from(["spotkube-webhook"]).is_err(),
             "cert and key are required"
@@ -151,5 +168,53 @@ mod tests {
         assert_eq!(config.preferred_weight, 80);
         assert!(Args::try_parse_from(TLS.into_iter().chain(["--preferred-weight", "0"])).is_err());
         assert!(Args::try_parse_from(TLS.into_iter().chain(["--spot-node-label", "x"])).is_err());
+    }
+
+    #[test]
+    fn fargate_profiles_repeat_and_a_bad_one_is_refused_naming_it() {
+        let args = Args::try_parse_from(TLS.into_iter().chain([
+            "--fargate-profile",
+            "shop,pay-*:spotkube.io/fargate=true,team=a",
+            "--fargate-profile",
+            "batch:f=2",
+        ]))
+        .unwrap();
+        let config = args.mutation_config();
+        let shown: Vec<String> = config
+            .fargate_profiles
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            shown,
+            ["shop,pay-*:spotkube.io/fargate=true,team=a", "batch:f=2"]
+        );
+        // Space-separated in one value, as the environment twin carries several; extra
+        // whitespace is no profile.
+        let args = Args::try_parse_from(
+            TLS.into_iter()
+                .chain(["--fargate-profile", " shop:f=1 \n batch:f=2  "]),
+        )
+        .unwrap();
+        let profiles = args.fargate_profiles();
+        assert_eq!(profiles.len(), 2);
+        assert_eq!(profiles[1].namespaces, ["batch"]);
+        let args = Args::try_parse_from(TLS.into_iter().chain(["--fargate-profile", ""])).unwrap();
+        assert!(args.fargate_profiles().is_empty());
+
+        for (value, reason) in [
+            ("shop", "no ':' between namespaces and labels"),
+            ("shop:", "no label"),
+            ("shop:f", "a label without '='"),
+        ] {
+            let err = Args::try_parse_from(TLS.into_iter().chain(["--fargate-profile", value]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("--fargate-profile"), "{err}");
+            assert!(
+                err.contains(&format!("fargate profile {value:?}: {reason}")),
+                "{err}"
+            );
+        }
     }
 }

@@ -18,9 +18,19 @@
 //!   "Replicated" is read from the controlling ownerReference (ReplicaSet, StatefulSet,
 //!   ReplicationController): the webhook never calls the API server per request, and a
 //!   `ScheduleAnyway` constraint is harmless while such a workload runs one replica.
-//! - pods bound for Fargate (node selector or required affinity on
-//!   `eks.amazonaws.com/compute-type: fargate`) get no spot affinity, tolerations,
-//!   spread or `schedulerName`: Fargate's own scheduler places them.
+//! - pods bound for Fargate get no spot affinity, tolerations, spread or `schedulerName`:
+//!   Fargate's own scheduler places them. A pod is bound for Fargate when its node
+//!   selector or required affinity asks for `eks.amazonaws.com/compute-type: fargate`,
+//!   when its `schedulerName` is already `fargate-scheduler` (EKS's Fargate webhook,
+//!   which runs before spotkube's, matched it to a profile), or when its labels match a
+//!   configured Fargate profile (`--fargate-profile`) of the request's namespace (a
+//!   workload spotkube moved to Fargate carries the profile's labels in its template).
+//! - `capacity: fargate`: the pod runs on Fargate from the start. It gets the labels of
+//!   the first profile that covers its namespace (unless it already matches one) and
+//!   `schedulerName: fargate-scheduler` (EKS's webhook ran before spotkube's and does not
+//!   see the labels unless it is reinvoked), and nothing spot. When no profile covers
+//!   the namespace, or the pod's own label contradicts the profile's, it is placed as
+//!   `on-demand` would be, with a warning.
 //! - DaemonSet pods and static pods' mirrors get none of those either: their node is
 //!   already chosen (the DaemonSet controller's required affinity on `metadata.name`, or
 //!   the kubelet), so a spot policy or another scheduler could only leave them Pending.
@@ -40,6 +50,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use spotkube_shared::annotations::{self, Capacity, Spread};
+use spotkube_shared::fargate::{self, FARGATE_SCHEDULER, FargateProfile};
 use spotkube_shared::labels;
 use spotkube_shared::policy::Policy;
 
@@ -74,6 +85,9 @@ pub struct MutationConfig {
     pub capacity_topology_key: String,
     /// The value of `spotkube.io/mutated-by`.
     pub mutated_by: String,
+    /// The cluster's Fargate profiles: pods that match one are left to Fargate, and
+    /// `capacity: fargate` pods get the labels of their namespace's first one.
+    pub fargate_profiles: Vec<FargateProfile>,
 }
 
 impl Default for MutationConfig {
@@ -88,6 +102,7 @@ impl Default for MutationConfig {
             scheduler_name: None,
             capacity_topology_key: labels::KARPENTER_CAPACITY_TYPE.into(),
             mutated_by: concat!("spotkube-webhook/", env!("CARGO_PKG_VERSION")).into(),
+            fargate_profiles: Vec::new(),
         }
     }
 }
@@ -100,6 +115,8 @@ pub enum PatchKind {
     Spread,
     Annotations,
     SchedulerName,
+    /// A Fargate profile's labels (`capacity: fargate`).
+    Labels,
 }
 
 impl PatchKind {
@@ -110,6 +127,7 @@ impl PatchKind {
             PatchKind::Spread => "spread",
             PatchKind::Annotations => "annotations",
             PatchKind::SchedulerName => "scheduler-name",
+            PatchKind::Labels => "labels",
         }
     }
 }
@@ -161,10 +179,20 @@ pub fn parse_toleration(s: &str) -> Result<Toleration, InvalidToleration> {
     })
 }
 
-/// Whether the pod targets Fargate (node selector or required node affinity on
-/// `eks.amazonaws.com/compute-type: fargate`).
-pub fn is_fargate_bound(pod: &Pod) -> bool {
+/// Whether the pod of `namespace` is bound for Fargate: node selector or required node
+/// affinity on `eks.amazonaws.com/compute-type: fargate`, `schedulerName:
+/// fargate-scheduler` (EKS's Fargate webhook matched it), or labels that match one of
+/// `profiles` in `namespace`.
+pub fn is_fargate_bound(pod: &Pod, namespace: &str, profiles: &[FargateProfile]) -> bool {
     let Some(spec) = &pod.spec else { return false };
+    if spec.scheduler_name.as_deref() == Some(FARGATE_SCHEDULER) {
+        return true;
+    }
+    if let Some(labels) = &pod.metadata.labels
+        && fargate::matches_any(profiles, namespace, labels)
+    {
+        return true;
+    }
     if spec.node_selector.as_ref().is_some_and(|s| {
         s.get(labels::EKS_COMPUTE_TYPE).map(String::as_str) == Some(labels::FARGATE)
     }) {
@@ -200,18 +228,46 @@ fn required_terms(pod: &Pod) -> &[NodeSelectorTerm] {
         .map_or(&[], |r| r.node_selector_terms.as_slice())
 }
 
-/// Computes the patch for one pod. Call it only for pods whose policy is enabled.
-pub fn mutate(pod: &Pod, policy: &Policy, config: &MutationConfig) -> Mutation {
+/// Computes the patch for one pod of `namespace` (the request's: a Pod's own
+/// `metadata.namespace` is often empty at CREATE). Call it only for pods whose policy is
+/// enabled.
+pub fn mutate(pod: &Pod, namespace: &str, policy: &Policy, config: &MutationConfig) -> Mutation {
     let mut out = pod.clone();
     let mut kinds = Vec::new();
     let mut warnings = Vec::new();
-    let placed_elsewhere = is_fargate_bound(pod) || spotkube_shared::pod::is_node_pinned(pod);
+    let pinned = spotkube_shared::pod::is_node_pinned(pod);
+    let mut placed_elsewhere = pinned || is_fargate_bound(pod, namespace, &config.fargate_profiles);
+    // The capacity spot placement follows: `fargate` is placed as `on-demand` when the pod
+    // cannot be sent to Fargate.
+    let mut capacity = policy.capacity;
+    if capacity == Capacity::Fargate && !pinned {
+        // What happens to a pod that cannot be sent to Fargate.
+        let instead = if placed_elsewhere {
+            "the pod is left as it is"
+        } else {
+            "the pod is placed as on-demand"
+        };
+        if route_to_fargate(
+            &mut out,
+            namespace,
+            &config.fargate_profiles,
+            instead,
+            &mut kinds,
+            &mut warnings,
+        ) {
+            placed_elsewhere = true;
+        } else {
+            capacity = Capacity::OnDemand;
+        }
+    }
 
     if !placed_elsewhere {
-        if add_spot_affinity(&mut out, policy.capacity, config, &mut warnings) {
+        if add_spot_affinity(&mut out, capacity, config, &mut warnings) {
             kinds.push(PatchKind::Affinity);
         }
-        if policy.capacity != Capacity::OnDemand && add_tolerations(&mut out, &config.tolerations) {
+        if !matches!(capacity, Capacity::OnDemand | Capacity::Fargate)
+            && add_tolerations(&mut out, &config.tolerations)
+        {
             kinds.push(PatchKind::Tolerations);
         }
         if is_replicated(pod) && add_spread(&mut out, policy.spread, config, &mut warnings) {
@@ -253,8 +309,8 @@ pub fn mutate(pod: &Pod, policy: &Policy, config: &MutationConfig) -> Mutation {
     }
 }
 
-/// The fields a mutation may change (annotations, affinity, tolerations, topology
-/// spread, `schedulerName`), all others left out. The patch is the diff of these
+/// The fields a mutation may change (labels, annotations, affinity, tolerations,
+/// topology spread, `schedulerName`), all others left out. The patch is the diff of these
 /// projections: the same operations as the diff of the whole pods, because every other
 /// field is equal before and after (and a `spec` added whole holds nothing else), and
 /// the projections serialize their fields in the same order. Serializing and diffing
@@ -263,6 +319,7 @@ fn touched(pod: &Pod) -> Pod {
     Pod {
         metadata: ObjectMeta {
             annotations: pod.metadata.annotations.clone(),
+            labels: pod.metadata.labels.clone(),
             ..ObjectMeta::default()
         },
         spec: pod.spec.as_ref().map(|spec| PodSpec {
@@ -311,7 +368,8 @@ fn add_spot_affinity(
         return false;
     }
     let required = match capacity {
-        Capacity::OnDemand => return exclude_spot(pod, config, warnings),
+        // `fargate` reaches here only when the pod could not be sent to Fargate.
+        Capacity::OnDemand | Capacity::Fargate => return exclude_spot(pod, config, warnings),
         Capacity::SpotPreferred => false,
         Capacity::SpotOnly => {
             let ours: Vec<NodeSelectorTerm> = config
@@ -519,6 +577,65 @@ fn add_spread(
     true
 }
 
+/// `capacity: fargate`: gives the pod the labels of the first profile that covers
+/// `namespace` (none when it already matches a profile, or EKS's webhook already chose
+/// Fargate's scheduler) and `schedulerName: fargate-scheduler`. False, with a warning,
+/// when the pod cannot go to Fargate: no profile covers the namespace, or the pod's own
+/// label has another value than the profile's (spotkube does not overwrite it); the
+/// warning ends with `instead`, what happens to the pod.
+fn route_to_fargate(
+    pod: &mut Pod,
+    namespace: &str,
+    profiles: &[FargateProfile],
+    instead: &str,
+    kinds: &mut Vec<PatchKind>,
+    warnings: &mut Vec<String>,
+) -> bool {
+    let empty = BTreeMap::new();
+    let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
+    let scheduler = pod.spec.as_ref().and_then(|s| s.scheduler_name.as_deref());
+    let matched =
+        scheduler == Some(FARGATE_SCHEDULER) || fargate::matches_any(profiles, namespace, labels);
+    if !matched {
+        let Some(profile) = fargate::profile_for(profiles, namespace) else {
+            warnings.push(format!(
+                "{}: fargate, but no Fargate profile (--fargate-profile) covers namespace {namespace:?}; {instead}",
+                annotations::CAPACITY
+            ));
+            return false;
+        };
+        if let Some((key, value)) = profile
+            .labels
+            .iter()
+            .find_map(|(k, v)| labels.get_key_value(k).filter(|(_, have)| *have != v))
+        {
+            warnings.push(format!(
+                "{}: fargate, but the pod's label {key}={value} differs from Fargate profile {profile}, and spotkube does not overwrite it; {instead}",
+                annotations::CAPACITY
+            ));
+            return false;
+        }
+        pod.metadata
+            .labels
+            .get_or_insert_with(BTreeMap::new)
+            .extend(profile.labels.clone());
+        kinds.push(PatchKind::Labels);
+    }
+    let spec = pod.spec.get_or_insert_with(Default::default);
+    match spec.scheduler_name.as_deref() {
+        None | Some("") | Some(DEFAULT_SCHEDULER) => {
+            spec.scheduler_name = Some(FARGATE_SCHEDULER.to_string());
+            kinds.push(PatchKind::SchedulerName);
+        }
+        Some(FARGATE_SCHEDULER) => {}
+        Some(other) => warnings.push(format!(
+            "{}: fargate, but the pod keeps its own schedulerName {other:?}; only {FARGATE_SCHEDULER} places pods on Fargate",
+            annotations::CAPACITY
+        )),
+    }
+    true
+}
+
 fn set_scheduler_name(pod: &mut Pod, name: &str) -> bool {
     let spec = pod.spec.get_or_insert_with(Default::default);
     match spec.scheduler_name.as_deref() {
@@ -568,6 +685,12 @@ mod tests {
             tolerations: vec![parse_toleration("spot=true:NoSchedule").unwrap()],
             scheduler_name: Some("spotkube-scheduler".into()),
             mutated_by: "spotkube-webhook/test".into(),
+            fargate_profiles: vec![
+                "shop,pay-*:spotkube.io/fargate=true,team=a"
+                    .parse()
+                    .unwrap(),
+                "shop,batch:spotkube.io/fargate=batch".parse().unwrap(),
+            ],
             ..MutationConfig::default()
         }
     }
@@ -607,7 +730,7 @@ mod tests {
     fn spot_preferred_replicated_pod_gets_everything_once() {
         let pod = replicated_pod();
         let p = policy(Capacity::SpotPreferred, Spread::Zones);
-        let m = mutate(&pod, &p, &config());
+        let m = mutate(&pod, "demo", &p, &config());
         assert_eq!(
             m.kinds,
             vec![
@@ -655,7 +778,7 @@ mod tests {
         assert_eq!(ann[annotations::PROTECTION], "spot-preferred");
         assert_eq!(ann[annotations::MUTATED_BY], "spotkube-webhook/test");
 
-        let again = mutate(&out, &p, &config());
+        let again = mutate(&out, "demo", &p, &config());
         assert!(again.patch.0.is_empty(), "{:?}", again.patch);
         assert!(again.kinds.is_empty());
     }
@@ -664,7 +787,7 @@ mod tests {
     fn spot_only_is_required_unless_the_user_has_required_terms() {
         let pod = replicated_pod();
         let p = policy(Capacity::SpotOnly, Spread::None);
-        let out = apply(&pod, &mutate(&pod, &p, &config()));
+        let out = apply(&pod, &mutate(&pod, "demo", &p, &config()));
         let na = out
             .spec
             .as_ref()
@@ -688,7 +811,7 @@ mod tests {
                 .topology_spread_constraints
                 .is_none()
         );
-        assert!(mutate(&out, &p, &config()).patch.0.is_empty());
+        assert!(mutate(&out, "demo", &p, &config()).patch.0.is_empty());
 
         let mut user = replicated_pod();
         let user_term = NodeSelectorTerm {
@@ -713,7 +836,7 @@ mod tests {
             }),
             ..Default::default()
         });
-        let m = mutate(&user, &p, &config());
+        let m = mutate(&user, "demo", &p, &config());
         assert_eq!(m.warnings.len(), 1);
         let na = apply(&user, &m)
             .spec
@@ -792,7 +915,7 @@ mod tests {
     fn on_demand_requires_not_spot_and_gets_no_tolerations() {
         let pod = replicated_pod();
         let p = policy(Capacity::OnDemand, Spread::CapacityTypes);
-        let m = mutate(&pod, &p, &config());
+        let m = mutate(&pod, "demo", &p, &config());
         assert_eq!(
             m.kinds,
             vec![
@@ -828,7 +951,10 @@ mod tests {
             spec.topology_spread_constraints.as_ref().unwrap()[0].topology_key,
             labels::KARPENTER_CAPACITY_TYPE
         );
-        assert!(mutate(&out, &p, &config()).patch.0.is_empty(), "idempotent");
+        assert!(
+            mutate(&out, "demo", &p, &config()).patch.0.is_empty(),
+            "idempotent"
+        );
     }
 
     #[test]
@@ -857,7 +983,7 @@ mod tests {
         ];
         let pod = with_required_terms(replicated_pod(), terms.clone());
         let p = policy(Capacity::OnDemand, Spread::None);
-        let m = mutate(&pod, &p, &config());
+        let m = mutate(&pod, "demo", &p, &config());
         assert!(m.kinds.contains(&PatchKind::Affinity));
         assert!(m.warnings.is_empty(), "{:?}", m.warnings);
         let out = apply(&pod, &m);
@@ -873,7 +999,10 @@ mod tests {
             assert_eq!(after.match_expressions.as_ref(), Some(&expected));
             assert_eq!(after.match_fields, before.match_fields);
         }
-        assert!(mutate(&out, &p, &config()).patch.0.is_empty(), "idempotent");
+        assert!(
+            mutate(&out, "demo", &p, &config()).patch.0.is_empty(),
+            "idempotent"
+        );
     }
 
     #[test]
@@ -902,7 +1031,7 @@ mod tests {
             (spot_term_pod, "eks.amazonaws.com/capacityType In [SPOT]"),
             (selector_pod, "nodeSelector karpenter.sh/capacity-type=spot"),
         ] {
-            let m = mutate(&pod, &p, &config());
+            let m = mutate(&pod, "demo", &p, &config());
             assert!(
                 !m.kinds.contains(&PatchKind::Affinity),
                 "{names}: {:?}",
@@ -930,13 +1059,306 @@ mod tests {
             labels::EKS_COMPUTE_TYPE.to_string(),
             labels::FARGATE.to_string(),
         )]));
-        assert!(is_fargate_bound(&pod));
-        let m = mutate(&pod, &policy(Capacity::SpotOnly, Spread::Zones), &config());
+        assert!(is_fargate_bound(&pod, "demo", &[]));
+        let m = mutate(
+            &pod,
+            "demo",
+            &policy(Capacity::SpotOnly, Spread::Zones),
+            &config(),
+        );
         assert_eq!(m.kinds, vec![PatchKind::Annotations]);
         let out = apply(&pod, &m);
         assert_eq!(
             out.spec.unwrap().scheduler_name.as_deref(),
             Some(DEFAULT_SCHEDULER)
+        );
+    }
+
+    /// The patch as JSON, to compare whole with the expected operations.
+    fn ops(m: &Mutation) -> serde_json::Value {
+        serde_json::to_value(&m.patch).unwrap()
+    }
+
+    fn ours(protection: &str) -> serde_json::Value {
+        json!({"spotkube.io/mutated-by": "spotkube-webhook/test", "spotkube.io/protection": protection})
+    }
+
+    fn with_labels(mut pod: Pod, extra: &[(&str, &str)]) -> Pod {
+        let labels = pod.metadata.labels.get_or_insert_with(BTreeMap::new);
+        for (k, v) in extra {
+            labels.insert(k.to_string(), v.to_string());
+        }
+        pod
+    }
+
+    /// What `on-demand` adds to `replicated_pod()` (app=web), with `protection`.
+    fn on_demand_ops(protection: &str, selector: serde_json::Value) -> serde_json::Value {
+        json!([
+            {"op": "add", "path": "/metadata/annotations", "value": ours(protection)},
+            {"op": "add", "path": "/spec/affinity", "value": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [
+                    {"key": "karpenter.sh/capacity-type", "operator": "NotIn", "values": ["spot"]},
+                    {"key": "eks.amazonaws.com/capacityType", "operator": "NotIn", "values": ["SPOT"]}
+                ]}
+            ]}}}},
+            {"op": "replace", "path": "/spec/schedulerName", "value": "spotkube-scheduler"},
+            {"op": "add", "path": "/spec/topologySpreadConstraints", "value": [
+                {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway",
+                 "labelSelector": {"matchLabels": selector}}
+            ]}
+        ])
+    }
+
+    #[test]
+    fn a_pod_on_fargates_scheduler_gets_no_spot_placement() {
+        let mut pod = replicated_pod();
+        pod.spec.as_mut().unwrap().scheduler_name = Some(FARGATE_SCHEDULER.into());
+        assert!(is_fargate_bound(&pod, "demo", &[]));
+        for capacity in [
+            Capacity::SpotPreferred,
+            Capacity::SpotOnly,
+            Capacity::OnDemand,
+        ] {
+            let m = mutate(&pod, "demo", &policy(capacity, Spread::Zones), &config());
+            assert_eq!(m.kinds, vec![PatchKind::Annotations], "{capacity}");
+            assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+            assert_eq!(
+                ops(&m),
+                json!([{"op": "add", "path": "/metadata/annotations", "value": ours(capacity.as_str())}]),
+                "{capacity}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_pod_matching_a_profile_of_its_namespace_gets_no_spot_placement() {
+        let config = config();
+        let pod = with_labels(
+            replicated_pod(),
+            &[("spotkube.io/fargate", "true"), ("team", "a")],
+        );
+        for namespace in ["shop", "pay-eu"] {
+            assert!(is_fargate_bound(&pod, namespace, &config.fargate_profiles));
+            let m = mutate(
+                &pod,
+                namespace,
+                &policy(Capacity::SpotOnly, Spread::Zones),
+                &config,
+            );
+            assert_eq!(m.kinds, vec![PatchKind::Annotations], "{namespace}");
+            assert_eq!(
+                ops(&m),
+                json!([{"op": "add", "path": "/metadata/annotations", "value": ours("spot-only")}]),
+                "{namespace}"
+            );
+        }
+        // The same labels in a namespace no profile covers, and only part of a
+        // profile's labels in one it covers: placed on spot as usual.
+        let partial = with_labels(replicated_pod(), &[("spotkube.io/fargate", "true")]);
+        for (pod, namespace) in [(&pod, "demo"), (&partial, "shop")] {
+            assert!(!is_fargate_bound(pod, namespace, &config.fargate_profiles));
+            let m = mutate(
+                pod,
+                namespace,
+                &policy(Capacity::SpotPreferred, Spread::None),
+                &config,
+            );
+            assert_eq!(
+                m.kinds,
+                vec![
+                    PatchKind::Affinity,
+                    PatchKind::Tolerations,
+                    PatchKind::Annotations,
+                    PatchKind::SchedulerName
+                ],
+                "{namespace}"
+            );
+        }
+    }
+
+    #[test]
+    fn capacity_fargate_gets_the_namespace_profile_labels_and_fargates_scheduler() {
+        let pod = replicated_pod();
+        let p = policy(Capacity::Fargate, Spread::Zones);
+        for namespace in ["shop", "pay-eu"] {
+            let m = mutate(&pod, namespace, &p, &config());
+            assert_eq!(
+                m.kinds,
+                vec![
+                    PatchKind::Annotations,
+                    PatchKind::SchedulerName,
+                    PatchKind::Labels
+                ],
+                "{namespace}"
+            );
+            assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+            // The first profile covering the namespace; nothing spot.
+            assert_eq!(
+                ops(&m),
+                json!([
+                    {"op": "add", "path": "/metadata/annotations", "value": ours("fargate")},
+                    {"op": "add", "path": "/metadata/labels/spotkube.io~1fargate", "value": "true"},
+                    {"op": "add", "path": "/metadata/labels/team", "value": "a"},
+                    {"op": "replace", "path": "/spec/schedulerName", "value": "fargate-scheduler"}
+                ]),
+                "{namespace}"
+            );
+            let out = apply(&pod, &m);
+            assert!(is_fargate_bound(
+                &out,
+                namespace,
+                &config().fargate_profiles
+            ));
+            let again = mutate(&out, namespace, &p, &config());
+            assert!(again.patch.0.is_empty(), "idempotent: {:?}", again.patch);
+            assert!(again.warnings.is_empty());
+        }
+        // "batch" is covered by the second profile only.
+        let m = mutate(&pod, "batch", &p, &config());
+        assert_eq!(
+            ops(&m),
+            json!([
+                {"op": "add", "path": "/metadata/annotations", "value": ours("fargate")},
+                {"op": "add", "path": "/metadata/labels/spotkube.io~1fargate", "value": "batch"},
+                {"op": "replace", "path": "/spec/schedulerName", "value": "fargate-scheduler"}
+            ])
+        );
+    }
+
+    #[test]
+    fn capacity_fargate_adds_no_labels_to_a_pod_already_routed() {
+        let p = policy(Capacity::Fargate, Spread::Zones);
+        // It matches the second profile of "shop" (the template carries it): no labels of
+        // the first; Fargate's scheduler set in case EKS's webhook did not run.
+        let matching = with_labels(replicated_pod(), &[("spotkube.io/fargate", "batch")]);
+        let m = mutate(&matching, "shop", &p, &config());
+        assert_eq!(
+            ops(&m),
+            json!([
+                {"op": "add", "path": "/metadata/annotations", "value": ours("fargate")},
+                {"op": "replace", "path": "/spec/schedulerName", "value": "fargate-scheduler"}
+            ])
+        );
+        // EKS's webhook already chose Fargate (a profile spotkube was not told of): as it is.
+        let mut routed = replicated_pod();
+        routed.spec.as_mut().unwrap().scheduler_name = Some(FARGATE_SCHEDULER.into());
+        for namespace in ["shop", "demo"] {
+            let m = mutate(&routed, namespace, &p, &config());
+            assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+            assert_eq!(
+                ops(&m),
+                json!([{"op": "add", "path": "/metadata/annotations", "value": ours("fargate")}]),
+                "{namespace}"
+            );
+        }
+    }
+
+    #[test]
+    fn capacity_fargate_keeps_a_scheduler_the_user_chose_with_a_warning() {
+        let mut pod = replicated_pod();
+        pod.spec.as_mut().unwrap().scheduler_name = Some("my-scheduler".into());
+        let m = mutate(
+            &pod,
+            "shop",
+            &policy(Capacity::Fargate, Spread::Zones),
+            &config(),
+        );
+        assert_eq!(
+            m.warnings,
+            [
+                "spotkube.io/capacity: fargate, but the pod keeps its own schedulerName \"my-scheduler\"; only fargate-scheduler places pods on Fargate"
+            ]
+        );
+        assert_eq!(
+            ops(&m),
+            json!([
+                {"op": "add", "path": "/metadata/annotations", "value": ours("fargate")},
+                {"op": "add", "path": "/metadata/labels/spotkube.io~1fargate", "value": "true"},
+                {"op": "add", "path": "/metadata/labels/team", "value": "a"}
+            ])
+        );
+    }
+
+    #[test]
+    fn capacity_fargate_without_a_profile_warns_and_is_placed_as_on_demand() {
+        let pod = replicated_pod();
+        let p = policy(Capacity::Fargate, Spread::Zones);
+        let m = mutate(&pod, "demo", &p, &config());
+        assert_eq!(
+            m.warnings,
+            [
+                "spotkube.io/capacity: fargate, but no Fargate profile (--fargate-profile) covers namespace \"demo\"; the pod is placed as on-demand"
+            ]
+        );
+        assert_eq!(
+            m.kinds,
+            vec![
+                PatchKind::Affinity,
+                PatchKind::Spread,
+                PatchKind::Annotations,
+                PatchKind::SchedulerName
+            ]
+        );
+        assert_eq!(ops(&m), on_demand_ops("fargate", json!({"app": "web"})));
+        // Exactly what on-demand gets, but for the protection annotation.
+        let on_demand = mutate(
+            &pod,
+            "demo",
+            &policy(Capacity::OnDemand, Spread::Zones),
+            &config(),
+        );
+        assert_eq!(
+            ops(&on_demand),
+            on_demand_ops("on-demand", json!({"app": "web"}))
+        );
+        let again = mutate(&apply(&pod, &m), "demo", &p, &config());
+        assert!(again.patch.0.is_empty(), "idempotent: {:?}", again.patch);
+        assert_eq!(again.warnings, m.warnings, "the warning stays");
+    }
+
+    #[test]
+    fn capacity_fargate_without_a_profile_leaves_a_pod_with_a_fargate_selector_as_it_is() {
+        let mut pod = replicated_pod();
+        pod.spec.as_mut().unwrap().node_selector = Some(BTreeMap::from([(
+            labels::EKS_COMPUTE_TYPE.to_string(),
+            labels::FARGATE.to_string(),
+        )]));
+        let m = mutate(
+            &pod,
+            "demo",
+            &policy(Capacity::Fargate, Spread::Zones),
+            &config(),
+        );
+        assert_eq!(
+            m.warnings,
+            [
+                "spotkube.io/capacity: fargate, but no Fargate profile (--fargate-profile) covers namespace \"demo\"; the pod is left as it is"
+            ]
+        );
+        assert_eq!(
+            ops(&m),
+            json!([{"op": "add", "path": "/metadata/annotations", "value": ours("fargate")}])
+        );
+    }
+
+    #[test]
+    fn capacity_fargate_never_overwrites_a_label_of_the_pod() {
+        let pod = with_labels(replicated_pod(), &[("team", "b")]);
+        let m = mutate(
+            &pod,
+            "shop",
+            &policy(Capacity::Fargate, Spread::Zones),
+            &config(),
+        );
+        assert_eq!(
+            m.warnings,
+            [
+                "spotkube.io/capacity: fargate, but the pod's label team=b differs from Fargate profile shop,pay-*:spotkube.io/fargate=true,team=a, and spotkube does not overwrite it; the pod is placed as on-demand"
+            ]
+        );
+        assert_eq!(
+            ops(&m),
+            on_demand_ops("fargate", json!({"app": "web", "team": "b"}))
         );
     }
 
@@ -953,6 +1375,7 @@ mod tests {
         }]);
         let m = mutate(
             &pod,
+            "demo",
             &policy(Capacity::SpotPreferred, Spread::Zones),
             &config(),
         );
@@ -987,7 +1410,9 @@ mod tests {
         )]));
         for pod in [daemon, mirror] {
             for capacity in Capacity::ALL {
-                let m = mutate(&pod, &policy(*capacity, Spread::Zones), &config());
+                // "shop" has a Fargate profile: `capacity: fargate` is refused nothing,
+                // and still adds no label nor scheduler to a pinned pod.
+                let m = mutate(&pod, "shop", &policy(*capacity, Spread::Zones), &config());
                 assert_eq!(m.kinds, vec![PatchKind::Annotations], "{capacity:?}");
                 let out = apply(&pod, &m);
                 assert_eq!(out.spec, pod.spec, "{capacity:?}: spec untouched");
@@ -1011,6 +1436,7 @@ mod tests {
         ));
         let m = mutate(
             &pod,
+            "demo",
             &policy(Capacity::SpotPreferred, Spread::Zones),
             &config(),
         );

@@ -197,6 +197,167 @@ async fn daemonset_pods_keep_their_node_and_scheduler() {
     assert_eq!(pod["spec"]["schedulerName"], "default-scheduler");
 }
 
+const MUTATED_BY: &str = concat!("spotkube-webhook/", env!("CARGO_PKG_VERSION"));
+
+/// The webhook with one Fargate profile, for namespace "shop"; "shop" and "batch" both
+/// default to `capacity: fargate`, "demo" is opted in with the defaults.
+async fn start_with_a_fargate_profile() -> common::Server {
+    let mut options = Options {
+        namespaces: vec![
+            namespace("demo", &[("spotkube.io/enabled", "true")]),
+            namespace(
+                "shop",
+                &[
+                    ("spotkube.io/enabled", "true"),
+                    ("spotkube.io/capacity", "fargate"),
+                ],
+            ),
+            namespace(
+                "batch",
+                &[
+                    ("spotkube.io/enabled", "true"),
+                    ("spotkube.io/capacity", "fargate"),
+                ],
+            ),
+        ],
+        ..Options::default()
+    };
+    options.config.fargate_profiles = vec!["shop,pay-*:spotkube.io/fargate=true".parse().unwrap()];
+    start(options).await
+}
+
+/// The captured pod CREATE in `namespace`, as a ReplicaSet creates it: the namespace is
+/// the request's only, the pod's own `metadata.namespace` empty.
+fn fixture_in(namespace: &str) -> Value {
+    let mut request = fixture();
+    request["request"]["namespace"] = json!(namespace);
+    request["request"]["object"]["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("namespace");
+    request
+}
+
+#[tokio::test]
+async fn a_pod_on_fargates_scheduler_gets_no_spot_placement() {
+    let server = start_with_a_fargate_profile().await;
+    // EKS's Fargate webhook (0500-amazon-eks-fargate-mutation...) ran first and set it.
+    let mut request = fixture_in("demo");
+    request["request"]["object"]["spec"]["schedulerName"] = json!("fargate-scheduler");
+    let response = review(&server, &request).await;
+    assert!(response["response"].get("warnings").is_none(), "{response}");
+    let (pod, patch) = patched(&request, &response);
+    assert_eq!(
+        serde_json::to_value(&patch).unwrap(),
+        json!([{"op": "add", "path": "/metadata/annotations", "value":
+            {"spotkube.io/mutated-by": MUTATED_BY, "spotkube.io/protection": "spot-preferred"}}])
+    );
+    assert_eq!(pod["spec"], request["request"]["object"]["spec"]);
+
+    // The pods of a workload spotkube moved to Fargate carry the profile's label: no spot
+    // placement either, even when EKS's webhook did not run.
+    let mut request = fixture_in("pay-eu");
+    request["request"]["object"]["metadata"]["labels"]["spotkube.io/fargate"] = json!("true");
+    let server = start(Options {
+        namespaces: vec![namespace(
+            "pay-eu",
+            &[
+                ("spotkube.io/enabled", "true"),
+                ("spotkube.io/capacity", "spot-only"),
+            ],
+        )],
+        config: spotkube_webhook::mutate::MutationConfig {
+            fargate_profiles: vec!["shop,pay-*:spotkube.io/fargate=true".parse().unwrap()],
+            ..Options::default().config
+        },
+        ..Options::default()
+    })
+    .await;
+    let response = review(&server, &request).await;
+    let (pod, patch) = patched(&request, &response);
+    assert_eq!(
+        serde_json::to_value(&patch).unwrap(),
+        json!([{"op": "add", "path": "/metadata/annotations", "value":
+            {"spotkube.io/mutated-by": MUTATED_BY, "spotkube.io/protection": "spot-only"}}])
+    );
+    assert_eq!(pod["spec"]["schedulerName"], "default-scheduler");
+}
+
+#[tokio::test]
+async fn capacity_fargate_gets_its_namespace_profile_labels_and_fargates_scheduler() {
+    let server = start_with_a_fargate_profile().await;
+    let request = fixture_in("shop");
+    let response = review(&server, &request).await;
+    assert_eq!(response["response"]["allowed"], true);
+    assert!(response["response"].get("warnings").is_none(), "{response}");
+    let (pod, patch) = patched(&request, &response);
+    assert_eq!(
+        serde_json::to_value(&patch).unwrap(),
+        json!([
+            {"op": "add", "path": "/metadata/annotations", "value":
+                {"spotkube.io/mutated-by": MUTATED_BY, "spotkube.io/protection": "fargate"}},
+            {"op": "add", "path": "/metadata/labels/spotkube.io~1fargate", "value": "true"},
+            {"op": "replace", "path": "/spec/schedulerName", "value": "fargate-scheduler"}
+        ])
+    );
+    assert_eq!(
+        pod["metadata"]["labels"],
+        json!({"app": "web", "pod-template-hash": "df8d5c577", "spotkube.io/fargate": "true"})
+    );
+    assert!(pod["spec"].get("affinity").is_none());
+
+    // Reinvocation (a later webhook changed the pod): nothing more.
+    let mut again = request.clone();
+    again["request"]["object"] = pod;
+    let response = review(&server, &again).await;
+    assert!(response["response"].get("patch").is_none(), "{response}");
+
+    let metrics = server.metrics_text();
+    for kind in ["labels", "scheduler-name", "annotations"] {
+        assert!(
+            metrics.contains(&format!(
+                "spotkube_webhook_patches_total{{kind=\"{kind}\"}} 1"
+            )),
+            "{kind}: {metrics}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn capacity_fargate_without_a_profile_warns_and_is_placed_as_on_demand() {
+    let server = start_with_a_fargate_profile().await;
+    let request = fixture_in("batch");
+    let response = review(&server, &request).await;
+    assert_eq!(response["response"]["allowed"], true);
+    assert_eq!(
+        response["response"]["warnings"],
+        json!([
+            "spotkube.io/capacity: fargate, but no Fargate profile (--fargate-profile) covers namespace \"batch\"; the pod is placed as on-demand"
+        ])
+    );
+    let (pod, _) = patched(&request, &response);
+    let original = &request["request"]["object"];
+    assert_eq!(pod["metadata"]["labels"], original["metadata"]["labels"]);
+    assert_eq!(
+        pod["spec"]["affinity"],
+        json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [
+                {"key": "karpenter.sh/capacity-type", "operator": "NotIn", "values": ["spot"]},
+                {"key": "eks.amazonaws.com/capacityType", "operator": "NotIn", "values": ["SPOT"]}
+            ]}
+        ]}}})
+    );
+    assert_eq!(
+        pod["spec"]["tolerations"], original["spec"]["tolerations"],
+        "no spot toleration"
+    );
+    assert_eq!(pod["spec"]["schedulerName"], "spotkube-scheduler");
+    assert_eq!(
+        pod["metadata"]["annotations"]["spotkube.io/protection"],
+        "fargate"
+    );
+}
+
 async fn assert_unchanged(server: &common::Server, request: &Value) {
     let response = review(server, request).await;
     assert_eq!(response["response"]["uid"], request["request"]["uid"]);

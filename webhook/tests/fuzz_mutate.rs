@@ -5,17 +5,23 @@
 //! pod, each with generated edits: labels, policy annotations with valid and invalid
 //! values, the user's nodeSelector, required and preferred node affinity, tolerations,
 //! schedulerName, owner references (replicated, DaemonSet, others), Fargate selectors,
-//! mirror pods; over namespaces with every kind of policy, three webhook
-//! configurations, and requests that are out of scope (other operations, kinds,
-//! subresources). Invariants, per input:
+//! Fargate's scheduler and Fargate profile labels, mirror pods; over namespaces with
+//! every kind of policy (`capacity: fargate` included, covered by a Fargate profile or
+//! not), three webhook configurations, and requests that are out of scope (other
+//! operations, kinds, subresources). Invariants, per input:
 //! - the answer is HTTP 200, an allowed AdmissionReview with the request's uid, never an
 //!   internal error (a caught panic);
 //! - out of scope or not opted in: no patch;
 //! - the patch applies to the request's raw object and the result deserializes as a Pod;
 //! - spotkube only adds: the user's nodeSelector, tolerations, affinity terms (their
 //!   expressions), spread constraints, labels, owners, own annotations and every other
-//!   field are still there, unchanged and in order; a chosen scheduler is kept;
-//! - Fargate-bound, DaemonSet and mirror pods keep their spec byte for byte;
+//!   field are still there, unchanged and in order; a chosen scheduler is kept; the
+//!   only labels added are those of the first Fargate profile covering the namespace,
+//!   for `capacity: fargate`;
+//! - Fargate-bound, DaemonSet and mirror pods keep their spec byte for byte, except
+//!   that a Fargate-bound pod may get `schedulerName: fargate-scheduler` (for
+//!   `capacity: fargate`), and so does every pod the patch leaves Fargate-bound: nothing
+//!   spot is added to a pod bound for Fargate;
 //! - a second admission of the patched pod gives no patch (idempotence).
 //!
 //! A second property sends malformed bodies (arbitrary bytes, broken JSON, reviews with
@@ -41,6 +47,7 @@ use serde_json::{Map, Value, json};
 use spotkube_shared::annotations::{
     CAPACITY, ENABLED, FALLBACK, MUTATED_BY, PROTECTION, SPREAD, SURGE, SURGE_HOLD,
 };
+use spotkube_shared::fargate::{FARGATE_SCHEDULER, FargateProfile, matches_any, profile_for};
 use spotkube_shared::labels::{EKS_CAPACITY_TYPE, EKS_COMPUTE_TYPE, KARPENTER_CAPACITY_TYPE, ZONE};
 use spotkube_shared::policy::Policy;
 use spotkube_webhook::AdmissionState;
@@ -97,6 +104,13 @@ const NAMESPACES: &[(&str, &[(&str, &str)])] = &[
         &[(ENABLED, "true"), (CAPACITY, "spot-only"), (SPREAD, "none")],
     ),
     ("optout", &[(ENABLED, "false"), (CAPACITY, "spot-only")]),
+    // Covered by a Fargate profile in two of the three configurations.
+    ("shop", &[(ENABLED, "true"), (CAPACITY, "fargate")]),
+    // Covered by none.
+    (
+        "policy-fg",
+        &[(ENABLED, "true"), (CAPACITY, "fargate"), (SPREAD, "zones")],
+    ),
     ("bad", &[(ENABLED, "yes"), (CAPACITY, "sometimes")]),
     ("plain", &[]),
 ];
@@ -105,19 +119,42 @@ const NAMESPACE_NAMES: &[&str] = &[
     "policy-od",
     "policy-so",
     "optout",
+    "shop",
+    "policy-fg",
     "bad",
     "plain",
     "ghost",
     "default",
 ];
 
-/// Three webhook configurations: as the tests ship it, the defaults (no tolerations, no
-/// scheduler) and custom labels / tolerations / weight / topology key.
+/// The label key of the Fargate profiles below.
+const PROFILE_KEY: &str = "spotkube.io/fargate";
+
+/// Pod labels that match (or contradict) the profiles of [`configs`].
+const PROFILE_LABEL_SETS: &[&[(&str, &str)]] = &[
+    &[(PROFILE_KEY, "true")],
+    &[(PROFILE_KEY, "true"), ("app", "web")],
+    &[(PROFILE_KEY, "spot"), ("tier", "x"), ("app", "web")],
+    &[(PROFILE_KEY, "spot")],
+    &[(PROFILE_KEY, "false"), ("tier", "y"), ("app", "web")],
+];
+
+fn profile(s: &str) -> FargateProfile {
+    s.parse().unwrap()
+}
+
+/// Three webhook configurations: as the tests ship it (with Fargate profiles), the
+/// defaults (no tolerations, no scheduler, no profiles) and custom labels / tolerations
+/// / weight / topology key / profiles.
 fn configs() -> Vec<MutationConfig> {
     vec![
         MutationConfig {
             tolerations: vec![parse_toleration("spot=true:NoSchedule").unwrap()],
             scheduler_name: Some("spotkube-scheduler".into()),
+            fargate_profiles: vec![
+                profile("shop,demo:spotkube.io/fargate=true"),
+                profile("sh*:spotkube.io/fargate=true,app=web"),
+            ],
             ..MutationConfig::default()
         },
         MutationConfig::default(),
@@ -131,6 +168,10 @@ fn configs() -> Vec<MutationConfig> {
             scheduler_name: Some("spotkube-scheduler".into()),
             capacity_topology_key: "node.example.com/capacity".into(),
             mutated_by: "spotkube-webhook/fuzz".into(),
+            fargate_profiles: vec![
+                profile("*-od,s*:spotkube.io/fargate=spot,tier=x"),
+                profile("demo:spotkube.io/fargate=true"),
+            ],
         },
     ]
 }
@@ -236,6 +277,7 @@ fn label_key() -> impl Strategy<Value = String> + Clone {
                 "controller-revision-hash",
                 "statefulset.kubernetes.io/pod-name",
                 "apps.kubernetes.io/pod-index",
+                PROFILE_KEY,
             ][..]
         )
         .prop_map(String::from),
@@ -264,14 +306,24 @@ fn policy_value(valid: &'static [&'static str]) -> impl Strategy<Value = String>
 fn annotations() -> impl Strategy<Value = Value> {
     let policy = (
         prop::option::of(policy_value(&["true", "false"])),
-        prop::option::of(policy_value(&["spot-preferred", "spot-only", "on-demand"])),
+        prop::option::of(policy_value(&[
+            "spot-preferred",
+            "spot-only",
+            "on-demand",
+            "fargate",
+        ])),
         prop::option::of(policy_value(&["fargate", "on-demand", "none"])),
         prop::option::of(policy_value(&["auto", "restart", "scale", "off"])),
         prop::option::of(policy_value(&["5m", "90s", "1h"])),
         prop::option::of(policy_value(&["zones", "capacity-types", "none"])),
     );
     let ours = (
-        prop::option::of(policy_value(&["spot-preferred", "spot-only", "on-demand"])),
+        prop::option::of(policy_value(&[
+            "spot-preferred",
+            "spot-only",
+            "on-demand",
+            "fargate",
+        ])),
         prop::option::of(policy_value(&["spotkube-webhook/0.1.0", "someone-else"])),
         prop::option::of(short()),
     );
@@ -489,7 +541,19 @@ struct PodEdits {
 fn pod_edits() -> impl Strategy<Value = PodEdits> {
     (
         prop::bool::weighted(0.2),
-        edit(string_map(label_key(), short(), 4)),
+        edit(prop_oneof![
+            3 => string_map(
+                label_key(),
+                prop_oneof![
+                    3 => short(),
+                    1 => select(&["true", "spot", "web", "x"][..]).prop_map(String::from),
+                ],
+                4,
+            ),
+            1 => select(PROFILE_LABEL_SETS).prop_map(|pairs| {
+                json!(pairs.iter().copied().collect::<BTreeMap<&str, &str>>())
+            }),
+        ]),
         edit(annotations()),
         edit(prop::collection::vec(owner(), 0..3).prop_map(Value::from)),
         edit(string_map(node_key(), node_value(), 3)),
@@ -502,6 +566,7 @@ fn pod_edits() -> impl Strategy<Value = PodEdits> {
                     "",
                     "my-scheduler",
                     "spotkube-scheduler",
+                    FARGATE_SCHEDULER,
                 ][..],
             )
             .prop_map(Value::from),
@@ -668,9 +733,36 @@ fn in_scope(envelope: &Envelope) -> bool {
         && envelope.sub_resource.is_none()
 }
 
-/// Fargate-bound (selector or a required `In fargate`), DaemonSet-controlled or mirror.
-fn placed_elsewhere(pod: &Value) -> bool {
+/// Fargate-bound (selector or a required `In fargate`, Fargate's scheduler, or labels
+/// matching one of `profiles` in `namespace`), DaemonSet-controlled or mirror.
+fn placed_elsewhere(pod: &Value, namespace: &str, profiles: &[FargateProfile]) -> bool {
+    fargate_bound(pod, namespace, profiles) || node_pinned(pod)
+}
+
+fn node_pinned(pod: &Value) -> bool {
+    let daemonset = list(get(pod, &["metadata", "ownerReferences"]))
+        .iter()
+        .any(|o| o["kind"] == "DaemonSet" && o["controller"] == true);
+    let mirror = get(
+        pod,
+        &[
+            "metadata",
+            "annotations",
+            spotkube_shared::pod::MIRROR_ANNOTATION,
+        ],
+    ) != &Value::Null;
+    daemonset || mirror
+}
+
+/// The pod's labels, absent or null read as none.
+fn labels_of(pod: &Value) -> BTreeMap<String, String> {
+    serde_json::from_value(get(pod, &["metadata", "labels"]).clone()).unwrap_or_default()
+}
+
+fn fargate_bound(pod: &Value, namespace: &str, profiles: &[FargateProfile]) -> bool {
     let spec = &pod["spec"];
+    let scheduler = spec["schedulerName"] == FARGATE_SCHEDULER;
+    let profile = matches_any(profiles, namespace, &labels_of(pod));
     let fargate_selector = get(spec, &["nodeSelector", EKS_COMPUTE_TYPE]) == "fargate";
     let terms = list(get(
         spec,
@@ -688,18 +780,7 @@ fn placed_elsewhere(pod: &Value) -> bool {
                 && list(&e["values"]).iter().any(|v| v == "fargate")
         })
     });
-    let daemonset = list(get(pod, &["metadata", "ownerReferences"]))
-        .iter()
-        .any(|o| o["kind"] == "DaemonSet" && o["controller"] == true);
-    let mirror = get(
-        pod,
-        &[
-            "metadata",
-            "annotations",
-            spotkube_shared::pod::MIRROR_ANNOTATION,
-        ],
-    ) != &Value::Null;
-    fargate_selector || fargate_term || daemonset || mirror
+    fargate_selector || fargate_term || scheduler || profile
 }
 
 struct Answer {
@@ -741,19 +822,39 @@ fn answer(status: StatusCode, body: &[u8], uid: &Value) -> Result<Answer, TestCa
     Ok(Answer { patch, warnings })
 }
 
-/// Everything the user set is still there: spotkube only adds.
-fn only_added(before: &Value, after: &Value) -> Result<(), TestCaseError> {
+/// Everything the user set is still there: spotkube only adds. `added_labels`: the
+/// labels it may add (a Fargate profile's), each with its value.
+fn only_added(
+    before: &Value,
+    after: &Value,
+    added_labels: Option<&BTreeMap<String, String>>,
+) -> Result<(), TestCaseError> {
     // Top level: only metadata and spec may change.
     for (key, value) in before.as_object().unwrap() {
         if key != "metadata" && key != "spec" {
             prop_assert_eq!(&after[key], value, "{} changed", key);
         }
     }
-    // Metadata: only spotkube's two annotations may be added or set.
+    // Metadata: only spotkube's two annotations may be added or set, and a Fargate
+    // profile's labels added.
     let (bm, am) = (&before["metadata"], &after["metadata"]);
     for (key, value) in bm.as_object().unwrap() {
-        if key != "annotations" {
+        if key != "annotations" && key != "labels" {
             prop_assert_eq!(&am[key], value, "metadata.{} changed", key);
+        }
+    }
+    let (bl, al) = (labels_of(before), labels_of(after));
+    if bl != al {
+        let Some(added) = added_labels else {
+            return Err(TestCaseError::fail(format!(
+                "labels changed: {bl:?} → {al:?}"
+            )));
+        };
+        let mut expected = bl.clone();
+        expected.extend(added.clone());
+        prop_assert_eq!(&al, &expected, "labels: only the profile's are added");
+        for (key, value) in &bl {
+            prop_assert_eq!(al.get(key), Some(value), "label {} changed", key);
         }
     }
     let ours = [PROTECTION, MUTATED_BY];
@@ -886,19 +987,53 @@ fn check_mutation(
             "patched object is not a Pod: {e}"
         )));
     }
-    only_added(&pod, &patched)?;
     let ann = get(&patched, &["metadata", "annotations"]);
+    let protection = ann[PROTECTION].as_str();
     prop_assert!(
         matches!(
-            ann[PROTECTION].as_str(),
-            Some("spot-preferred" | "spot-only" | "on-demand")
+            protection,
+            Some("spot-preferred" | "spot-only" | "on-demand" | "fargate")
         ),
         "protection annotation: {}",
         ann
     );
     prop_assert!(ann[MUTATED_BY].is_string());
-    if placed_elsewhere(&pod) {
-        prop_assert_eq!(&patched["spec"], &pod["spec"], "a placed pod's spec moved");
+    // The namespace the webhook reads: the request's, else the pod's (the same here).
+    let namespace = envelope.namespace;
+    let profiles = &configs()[envelope.config].fargate_profiles;
+    let profile_labels = (protection == Some("fargate") && !node_pinned(&pod))
+        .then(|| profile_for(profiles, namespace).map(|p| &p.labels))
+        .flatten();
+    only_added(&pod, &patched, profile_labels)?;
+    if labels_of(&patched) != labels_of(&pod) {
+        prop_assert!(
+            matches_any(profiles, namespace, &labels_of(&patched)),
+            "labels added, but they match no profile: {:?}",
+            labels_of(&patched)
+        );
+    }
+    // Nothing spot on a pod bound for Fargate, before or after the patch; only
+    // Fargate's scheduler may be set, in place of the default one.
+    if placed_elsewhere(&pod, namespace, profiles) || fargate_bound(&patched, namespace, profiles) {
+        let mut spec = patched["spec"].clone();
+        if spec["schedulerName"] != pod["spec"]["schedulerName"] {
+            prop_assert_eq!(&spec["schedulerName"], FARGATE_SCHEDULER, "{}", spec);
+            prop_assert!(!node_pinned(&pod), "a pinned pod's scheduler moved");
+            prop_assert!(
+                matches!(
+                    pod["spec"]["schedulerName"].as_str(),
+                    None | Some("" | "default-scheduler")
+                ),
+                "a chosen scheduler replaced"
+            );
+            match pod["spec"].get("schedulerName") {
+                Some(v) => spec["schedulerName"] = v.clone(),
+                None => {
+                    spec.as_object_mut().unwrap().remove("schedulerName");
+                }
+            }
+        }
+        prop_assert_eq!(&spec, &pod["spec"], "a placed pod's spec moved");
     }
     // Reinvocation: the webhook's own output changes nothing.
     let again = review(&envelope, &patched);
