@@ -156,6 +156,9 @@ pub struct RunArgs {
     /// Fargate's prices for the savings.
     #[command(flatten)]
     pub fargate: cli::savings::FargateArgs,
+    /// Fargate failover and recovery (README, "Fargate failover and recovery").
+    #[command(flatten)]
+    pub failover: FailoverArgs,
     /// Which external disruption signals on Nodes count (README, "Running beside
     /// Karpenter / NTH / Cluster Autoscaler"): comma-separated, `none` for none.
     #[arg(
@@ -178,6 +181,59 @@ pub struct RunArgs {
     /// (e.g. `karpenter.sh/capacity-type=spot`; default: every Node).
     #[arg(long, env = "SPOTKUBE_EXTERNAL_SIGNAL_NODE_SELECTOR")]
     pub external_signal_node_selector: Option<String>,
+}
+
+/// Fargate failover and recovery's flags.
+#[derive(Args, Debug, Clone)]
+pub struct FailoverArgs {
+    /// A Fargate profile workloads with `fallback: fargate` fail over to:
+    /// `NAMESPACES:KEY=VALUE[,KEY=VALUE]` (its namespace patterns, `*` wildcards, and
+    /// the labels its selector matches). Repeatable; a namespace goes to the first
+    /// profile that covers it. None: no failover (such workloads surge on spot).
+    #[arg(
+        long = "fargate-profile",
+        env = "SPOTKUBE_FARGATE_PROFILES",
+        value_name = "NAMESPACES:KEY=VALUE[,KEY=VALUE]"
+    )]
+    pub profiles: Vec<spotkube_shared::fargate::FargateProfiles>,
+    /// How long a workload stays on Fargate before spot is tried again (per workload:
+    /// `spotkube.io/fargate-cooldown`).
+    #[arg(long, env = "SPOTKUBE_FARGATE_COOLDOWN", default_value = "45m", value_parser = spotkube_shared::config::positive_duration)]
+    pub fargate_cooldown: Duration,
+    /// A failed recovery waits this × 2^failures before the next attempt.
+    #[arg(long, env = "SPOTKUBE_FARGATE_BACKOFF_BASE", default_value = "15m", value_parser = spotkube_shared::config::positive_duration)]
+    pub fargate_backoff_base: Duration,
+    /// The longest wait between recovery attempts.
+    #[arg(long, env = "SPOTKUBE_FARGATE_BACKOFF_CAP", default_value = "4h", value_parser = spotkube_shared::config::positive_duration)]
+    pub fargate_backoff_cap: Duration,
+    /// How long a failover may take to be healthy on Fargate before it is abandoned
+    /// for a restart on spot (a refusal by Fargate abandons it at once).
+    #[arg(long, env = "SPOTKUBE_FARGATE_FAILOVER_TIMEOUT", default_value = "3m", value_parser = spotkube_shared::config::positive_duration)]
+    pub fargate_failover_timeout: Duration,
+    /// How long a recovery may take to be healthy on spot before it is rolled back.
+    #[arg(long, env = "SPOTKUBE_FARGATE_RECOVERY_TIMEOUT", default_value = "5m", value_parser = spotkube_shared::config::positive_duration)]
+    pub fargate_recovery_timeout: Duration,
+    /// How often the recovery loop looks at the workloads on Fargate.
+    #[arg(long, env = "SPOTKUBE_FARGATE_INTERVAL", default_value = "5s", value_parser = spotkube_shared::config::positive_duration)]
+    pub fargate_interval: Duration,
+}
+
+impl FailoverArgs {
+    /// The settings, or `None` when no profile is configured.
+    pub fn settings(&self) -> Option<crate::fargate::Settings> {
+        let profiles = spotkube_shared::fargate::flatten(&self.profiles);
+        (!profiles.is_empty()).then_some(crate::fargate::Settings {
+            profiles,
+            cooldown: self.fargate_cooldown,
+            backoff_base: self.fargate_backoff_base,
+            backoff_cap: self.fargate_backoff_cap,
+            timeouts: crate::fargate::Timeouts {
+                failover: self.fargate_failover_timeout,
+                recovery: self.fargate_recovery_timeout,
+            },
+            interval: self.fargate_interval,
+        })
+    }
 }
 
 /// The capacity loop's flags.

@@ -43,6 +43,8 @@ pub struct Context {
     /// Offerings that just failed to launch or are being reclaimed (shared by the
     /// capacity loop, which marks them, and the ranking publisher, which lists them).
     pub ice: IceCache,
+    /// Fargate failover and recovery, when profiles are configured.
+    pub fargate: Option<Arc<crate::fargate::Settings>>,
     /// Notifications of the Events below, when a webhook is configured.
     notifier: Option<Notifier>,
 }
@@ -70,6 +72,7 @@ impl Context {
             defaults: Policy::default(),
             owners: OwnerCache::default(),
             ice: IceCache::default(),
+            fargate: None,
             notifier: None,
         }
     }
@@ -83,6 +86,12 @@ impl Context {
     /// Offerings stay marked unavailable for `ttl` (`--ice-ttl`).
     pub fn with_ice_ttl(mut self, ttl: std::time::Duration) -> Context {
         self.ice = IceCache::new(ttl);
+        self
+    }
+
+    /// Workloads with `fallback: fargate` fail over to these profiles.
+    pub fn with_fargate(mut self, settings: crate::fargate::Settings) -> Context {
+        self.fargate = Some(Arc::new(settings));
         self
     }
 

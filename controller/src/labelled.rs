@@ -1,7 +1,9 @@
-//! The Deployments labelled `spotkube.io/surging`, fed by a watch with that label
-//! selector (through the shared [`spotkube_shared::watch`] driver). The scale-back
-//! reconcile reads them from here, so its passes cost no API request however many
-//! Deployments the cluster holds; only surges in progress are kept.
+//! Deployments carrying one of spotkube's labels, fed by a watch with that label
+//! selector (through the shared [`spotkube_shared::watch`] driver): those with a scaled
+//! surge in progress (`spotkube.io/surging`, read by the scale-back reconcile) and those
+//! moved to Fargate (`spotkube.io/on-fargate`, read by the recovery loop). A pass reads
+//! them from here, so it costs no API request however many Deployments the cluster
+//! holds; only the labelled ones are kept.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -10,59 +12,80 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use spotkube_shared::admin::Gate;
-use spotkube_shared::labels::{SURGING, SURGING_VALUE};
+use spotkube_shared::labels::{FARGATE_WORKLOAD, FARGATE_WORKLOAD_VALUE, SURGING, SURGING_VALUE};
 use spotkube_shared::watch::{self, WatchIndex};
 
-/// Surging Deployments by (namespace, name). Cloning shares the index.
-#[derive(Clone, Default)]
-pub struct SurgingDeployments {
+/// Labelled Deployments by (namespace, name). Cloning shares the index.
+#[derive(Clone)]
+pub struct LabelledDeployments {
+    label: &'static str,
+    value: &'static str,
     inner: Arc<RwLock<BTreeMap<(String, String), Deployment>>>,
-}
-
-/// The label selector of the watch.
-pub fn selector() -> String {
-    format!("{SURGING}={SURGING_VALUE}")
 }
 
 fn key(d: &Deployment) -> (String, String) {
     (d.namespace().unwrap_or_default(), d.name_any())
 }
 
-fn is_surging(d: &Deployment) -> bool {
-    d.labels().get(SURGING).map(String::as_str) == Some(SURGING_VALUE)
-}
+impl LabelledDeployments {
+    fn new(label: &'static str, value: &'static str) -> Self {
+        LabelledDeployments {
+            label,
+            value,
+            inner: Arc::default(),
+        }
+    }
 
-impl SurgingDeployments {
+    /// Deployments with a scaled surge in progress.
+    pub fn surging() -> Self {
+        Self::new(SURGING, SURGING_VALUE)
+    }
+
+    /// Deployments on Fargate or on their way back.
+    pub fn on_fargate() -> Self {
+        Self::new(FARGATE_WORKLOAD, FARGATE_WORKLOAD_VALUE)
+    }
+
+    /// The label selector of the watch.
+    pub fn selector(&self) -> String {
+        format!("{}={}", self.label, self.value)
+    }
+
+    fn is_labelled(&self, d: &Deployment) -> bool {
+        d.labels().get(self.label).map(String::as_str) == Some(self.value)
+    }
+
     /// Watches the labelled Deployments of the whole cluster into the index until the
     /// future is dropped; `synced` opens once the first list is in.
     pub async fn run(self, client: Client, synced: Gate) {
-        let config = watcher::Config::default().labels(&selector());
+        let config = watcher::Config::default().labels(&self.selector());
+        let what = format!("deployments labelled {}", self.label);
         watch::watch(
             Api::<Deployment>::all(client),
             config,
             &self,
             &synced,
-            "surging deployments",
+            &what,
         )
         .await;
     }
 
-    /// Every surging Deployment, as last seen.
+    /// Every labelled Deployment, as last seen.
     pub fn deployments(&self) -> Vec<Deployment> {
         self.inner
             .read()
-            .expect("surging lock")
+            .expect("labelled lock")
             .values()
             .cloned()
             .collect()
     }
 }
 
-impl WatchIndex<Deployment> for SurgingDeployments {
+impl WatchIndex<Deployment> for LabelledDeployments {
     type Entry = ((String, String), Deployment);
 
     fn entry(&self, d: &Deployment) -> Option<Self::Entry> {
-        if !is_surging(d) {
+        if !self.is_labelled(d) {
             return None;
         }
         let mut kept = d.clone();
@@ -72,11 +95,11 @@ impl WatchIndex<Deployment> for SurgingDeployments {
     }
 
     fn reset(&self, entries: Vec<Self::Entry>) {
-        *self.inner.write().expect("surging lock") = entries.into_iter().collect();
+        *self.inner.write().expect("labelled lock") = entries.into_iter().collect();
     }
 
     fn apply(&self, d: &Deployment) {
-        let mut inner = self.inner.write().expect("surging lock");
+        let mut inner = self.inner.write().expect("labelled lock");
         match self.entry(d) {
             Some((key, kept)) => inner.insert(key, kept),
             None => inner.remove(&key(d)),
@@ -84,7 +107,7 @@ impl WatchIndex<Deployment> for SurgingDeployments {
     }
 
     fn delete(&self, d: &Deployment) {
-        self.inner.write().expect("surging lock").remove(&key(d));
+        self.inner.write().expect("labelled lock").remove(&key(d));
     }
 }
 
@@ -107,13 +130,13 @@ mod tests {
         }
     }
 
-    fn names(index: &SurgingDeployments) -> Vec<String> {
+    fn names(index: &LabelledDeployments) -> Vec<String> {
         index.deployments().iter().map(|d| d.name_any()).collect()
     }
 
     #[test]
     fn keeps_labelled_deployments_until_unlabelled_or_deleted() {
-        let index = SurgingDeployments::default();
+        let index = LabelledDeployments::surging();
         index.reset(
             [deployment("web", true), deployment("plain", false)]
                 .iter()

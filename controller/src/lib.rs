@@ -22,7 +22,9 @@ pub mod config;
 pub mod context;
 pub mod decide;
 pub mod error;
+pub mod fargate;
 pub mod intake;
+pub mod labelled;
 pub mod leader;
 pub mod metrics;
 pub mod nodes_index;
@@ -33,7 +35,6 @@ pub mod reconcile;
 pub mod run;
 pub mod savings;
 pub mod supervisor;
-pub mod surging;
 pub mod ttl_cache;
 pub mod view;
 

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub pods_scheduled_without_extender: Counter,
     /// Replacement capacity (the capacity loop).
     pub capacity: crate::capacity::metrics::CapacityMetrics,
+    /// Fargate failover and recovery.
+    pub fargate: crate::fargate::metrics::FargateMetrics,
 }
 
 impl Metrics {
@@ -75,6 +77,7 @@ impl Metrics {
             extender_up: Gauge::default(),
             pods_scheduled_without_extender: Counter::default(),
             capacity: crate::capacity::metrics::CapacityMetrics::register(registry),
+            fargate: crate::fargate::metrics::FargateMetrics::register(registry),
         };
         let registry = registry.sub_registry_with_prefix("spotkube_controller");
         registry.register(

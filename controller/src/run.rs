@@ -110,6 +110,9 @@ pub async fn run(args: RunArgs, admin_listen: SocketAddr) -> Result<()> {
     let mut ctx = Context::new(client.clone(), Some(identity.clone()), metrics, nodes, sqs)
         .with_eviction_client(eviction_client)
         .with_ice_ttl(args.capacity.ice_ttl);
+    if let Some(settings) = args.failover.settings() {
+        ctx = ctx.with_fargate(settings);
+    }
     let aws_config =
         crate::aws::sdk_config(args.ranking.region.clone(), args.aws_disable_retries).await;
     let capacity = match args.capacity.enabled {
@@ -327,6 +330,12 @@ impl Leader {
             term.start(
                 "extender-health",
                 reconcile::extender_health::run(self.ctx.clone(), settings, token.clone()),
+            );
+        }
+        if let Some(settings) = self.ctx.fargate.clone() {
+            term.start(
+                "fargate",
+                reconcile::fargate::run(self.ctx.clone(), settings, token.clone()),
             );
         }
         term.start(

@@ -800,7 +800,18 @@ async fn state_get_and_set_from_the_command_line() -> anyhow::Result<()> {
                 .output()
         };
         let workload = format!("{}/web", test.name);
-        let set = run(&["state", "set", &workload, "fargate"])?;
+        // Without a profile there is nowhere to go: a clear error, nothing written.
+        let nowhere = run(&["state", "set", &workload, "fargate"])?;
+        assert!(!nowhere.status.success());
+        assert!(
+            String::from_utf8_lossy(&nowhere.stderr).contains("no Fargate profile"),
+            "{}",
+            String::from_utf8_lossy(&nowhere.stderr)
+        );
+        let profile = format!("--fargate-profile={}:spotkube.io/fargate=true", test.name);
+        let set = run(&[
+            "state", "set", &workload, "fargate", "--reason", "drill", &profile,
+        ])?;
         assert!(
             set.status.success(),
             "{}",
@@ -809,15 +820,35 @@ async fn state_get_and_set_from_the_command_line() -> anyhow::Result<()> {
         let d = Api::<Deployment>::namespaced(test.client.clone(), &test.name)
             .get("web")
             .await?;
-        assert_eq!(
-            d.metadata.annotations.unwrap()["spotkube.io/state"],
-            "fargate"
-        );
+        // The same transition as the controller's: the profile label on the template.
+        let template_labels = d
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .labels
+            .clone()
+            .unwrap();
+        assert_eq!(template_labels["spotkube.io/fargate"], "true");
+        let annotations = d.metadata.annotations.unwrap();
+        assert_eq!(annotations["spotkube.io/state"], "fargate");
+        assert_eq!(annotations["spotkube.io/reason"], "drill");
         let get = run(&["state", "get", &workload])?;
         let out = String::from_utf8_lossy(&get.stdout);
         assert!(get.status.success());
         assert!(out.contains("spotkube.io/state: fargate"), "{out}");
         assert!(out.contains("spotkube.io/surge: scale"), "{out}");
+        assert!(out.contains("rollout in flight: failover since"), "{out}");
+        // Back to spot waits for the failover's rollout to end.
+        let early = run(&["state", "set", &workload, "spot"])?;
+        assert!(!early.status.success());
+        assert!(String::from_utf8_lossy(&early.stderr).contains("in flight"));
+        // Only the targets are accepted.
+        let transition = run(&["state", "set", &workload, "recovering"])?;
+        assert!(!transition.status.success());
         let bad = run(&["state", "set", &workload, "sideways"])?;
         assert!(!bad.status.success());
         let missing = run(&["state", "get", &format!("{}/nope", test.name)])?;

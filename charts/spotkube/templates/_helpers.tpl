@@ -61,6 +61,23 @@ comma-separated; whole numbers are printed as integers (YAML numbers arrive as f
 {{- end }}
 
 {{/*
+The `env` entry of `fargate.profiles`, which the webhook and the controller both read:
+SPOTKUBE_FARGATE_PROFILES, the profiles space-separated (so a profile may hold no
+whitespace); nothing when the list is empty.
+*/}}
+{{- define "spotkube.fargateProfilesEnv" -}}
+{{- with .Values.fargate.profiles }}
+{{- range . }}
+{{- if or (not (kindIs "string" .)) (regexMatch "\\s" .) }}
+{{- fail (printf "fargate.profiles: %q is not NAMESPACES:KEY=VALUE[,KEY=VALUE] without spaces" (toString .)) }}
+{{- end }}
+{{- end }}
+- name: SPOTKUBE_FARGATE_PROFILES
+  value: {{ join " " . | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
 The pod's affinity: away from spot when `keepOffSpot`, and anti-affinity between
 replicas by hostname (soft, hard or none).
 */}}

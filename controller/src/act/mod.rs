@@ -6,7 +6,7 @@ pub mod guard;
 mod surge;
 mod taint;
 
-pub use surge::end_surge;
+pub use surge::{RESTARTED_AT, end_surge, patch_as_decided, replacement_ready};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -19,6 +19,7 @@ use tracing::Instrument;
 use crate::context::Context;
 use crate::decide::Action;
 use crate::error::{Error, Result};
+use crate::fargate::transitions::{self, Failover};
 use crate::supervisor::Tasks;
 
 /// What actions need: the process's [`Context`] and the current leadership term's
@@ -159,6 +160,64 @@ impl Actor {
                 };
                 surge::scale(self, &namespace, &name, surge, received).await
             }
+            Action::FailoverToFargate {
+                namespace,
+                name,
+                reason,
+                instead,
+            } => {
+                let outcome = match self.ctx.fargate.as_deref() {
+                    Some(settings) => {
+                        transitions::fail_over(
+                            &self.ctx.client,
+                            settings,
+                            &namespace,
+                            &name,
+                            &reason,
+                            jiff::Timestamp::now(),
+                        )
+                        .await?
+                    }
+                    None => Failover::NotCovered,
+                };
+                match outcome {
+                    Failover::Done(done) => {
+                        self.ctx
+                            .metrics
+                            .fargate
+                            .receipt_to_failover
+                            .observe(received.elapsed().as_secs_f64());
+                        transitions::announce(&self.ctx, &done).await;
+                        Ok(())
+                    }
+                    Failover::Already => Ok(()),
+                    Failover::NotCovered => {
+                        self.ctx.metrics.fargate.transition("not-covered");
+                        let then = match &instead {
+                            Some(_) => "surged on spot instead",
+                            None => "its pods are evicted as usual",
+                        };
+                        let object = Touched {
+                            kind: "Deployment",
+                            api_version: "apps/v1",
+                            namespace: Some(namespace.clone()),
+                            name: name.clone(),
+                        };
+                        self.ctx
+                            .event(
+                                &object.reference(),
+                                EventType::Warning,
+                                "SpotkubeFargateNotCovered",
+                                format!("fallback fargate, but no Fargate profile covers namespace {namespace} (--fargate-profile): {then}"),
+                            )
+                            .await;
+                        match instead {
+                            Some(action) => Box::pin(self.act(node_name, *action, received)).await,
+                            None => Ok(()),
+                        }
+                    }
+                }
+            }
             Action::Evict {
                 namespace,
                 name,
@@ -233,6 +292,9 @@ fn object_of(action: &Action, node_name: &str) -> Touched {
         } => ("Deployment", "apps/v1", Some(namespace), name.as_str()),
         Action::GuardEvictions {
             namespace, name, ..
+        }
+        | Action::FailoverToFargate {
+            namespace, name, ..
         } => ("Deployment", "apps/v1", Some(namespace), name.as_str()),
         Action::Evict {
             namespace, name, ..
@@ -254,5 +316,6 @@ fn action_label(action: &Action) -> &'static str {
         Action::ScaleDeployment { .. } => "scale",
         Action::GuardEvictions { .. } => "guard",
         Action::Evict { .. } => "evict",
+        Action::FailoverToFargate { .. } => "fargate-failover",
     }
 }

@@ -159,7 +159,7 @@ pub async fn scale(
 /// (`None`: nothing, e.g. already surged), and patches under the resourceVersion of
 /// that read. A 409 means someone wrote in between: read and decide again.
 /// `Ok(None)`: nothing was patched (nothing to do, or the Deployment is gone).
-async fn patch_as_decided(
+pub async fn patch_as_decided(
     api: &Api<Deployment>,
     name: &str,
     decide: impl Fn(&Deployment) -> Option<Value>,
@@ -245,7 +245,7 @@ fn follow(actor: Actor, api: Api<Deployment>, name: String, received: Instant) {
 /// replica updated, no old replica left, and every updated one available. (Available
 /// replicas alone would count the old pod: a restart's replacement still Pending
 /// would pass for Ready.)
-fn replacement_ready(d: &Deployment) -> bool {
+pub fn replacement_ready(d: &Deployment) -> bool {
     let (Some(spec), Some(status)) = (d.spec.as_ref(), d.status.as_ref()) else {
         return false;
     };

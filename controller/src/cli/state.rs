@@ -8,15 +8,19 @@ use clap::{Args, Subcommand};
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{ListParams, Patch, PatchParams};
-use kube::{Api, ResourceExt};
+use kube::api::ListParams;
+use kube::runtime::events::{Event, Recorder, Reporter};
+use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde_json::json;
 use spotkube_shared::annotations::{self, CAPACITY_REQUEST, FALLBACK_FOR, WorkloadState};
 
 use super::rank::Output;
 use crate::capacity::request::CapacityRequest;
+use crate::config::FailoverArgs;
 use crate::error::{Error, KubeResultExt, Result};
+use crate::fargate::transitions::{self, Failover};
+use crate::fargate::{FargateRecord, record};
 use crate::reconcile::capacity::STABLE_SINCE;
 
 #[derive(Args)]
@@ -27,13 +31,25 @@ pub struct StateArgs {
 
 #[derive(Subcommand)]
 enum StateAction {
-    /// Print the workload's spotkube annotations.
-    Get { workload: String },
-    /// Set `spotkube.io/state` (spot, surging, fargate, recovering).
+    /// Print the workload's spotkube state: state, reason, timestamps, failed
+    /// recoveries, the rollout in flight and when the next recovery may start.
+    Get {
+        workload: String,
+        #[command(flatten)]
+        failover: FailoverArgs,
+    },
+    /// Move the workload to Fargate or back to spot, as the controller does: the same
+    /// patch (profile labels, maxUnavailable 0, state), followed to its end by the
+    /// leader's recovery loop. `spot` skips the cooldown and the room check.
     Set {
         workload: String,
-        #[arg(value_parser = parse_state)]
+        #[arg(value_parser = parse_target)]
         state: WorkloadState,
+        /// Why, recorded in `spotkube.io/reason` and the Event.
+        #[arg(long, default_value = "manual")]
+        reason: String,
+        #[command(flatten)]
+        failover: FailoverArgs,
     },
     /// List every Node's capacity request and every on-demand fallback Node.
     Capacity {
@@ -42,10 +58,16 @@ enum StateAction {
     },
 }
 
-fn parse_state(value: &str) -> Result<WorkloadState, String> {
-    value
-        .parse()
-        .map_err(|e: annotations::InvalidValue| e.to_string())
+/// `fargate` or `spot`: the states a workload can be sent to (the others are the way
+/// there).
+fn parse_target(value: &str) -> Result<WorkloadState, String> {
+    match value.parse() {
+        Ok(state @ (WorkloadState::Fargate | WorkloadState::Spot)) => Ok(state),
+        Ok(other) => Err(format!(
+            "{other} is a transition, not a target: use fargate or spot"
+        )),
+        Err(e) => Err(annotations::InvalidValue::to_string(&e)),
+    }
 }
 
 fn split(workload: &str) -> Result<(&str, &str)> {
@@ -63,6 +85,8 @@ const SHOWN: &[&str] = &[
     annotations::SURGE_FROM,
     annotations::SURGE_UNTIL,
     annotations::FAILED_RECOVERIES,
+    annotations::NEXT_RECOVERY,
+    annotations::FARGATE_COOLDOWN,
     annotations::SURGE,
     annotations::SURGE_HOLD,
     annotations::FALLBACK,
@@ -73,33 +97,103 @@ pub async fn main(args: StateArgs) -> Result<()> {
         .await
         .kube("connect", "the API server (KUBECONFIG or in-cluster)")?;
     match args.action {
-        StateAction::Get { workload } => {
+        StateAction::Get { workload, failover } => {
             let (ns, name) = split(&workload)?;
             let d = Api::<Deployment>::namespaced(client, ns)
                 .get(name)
                 .await
                 .kube("get", format_args!("deployment/{workload}"))?;
-            let a = d.annotations();
-            println!(
-                "{workload}: replicas {}",
-                d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
-            );
-            for key in SHOWN {
-                println!(
-                    "  {key}: {}",
-                    a.get(*key).map(String::as_str).unwrap_or("-")
-                );
-            }
+            print!("{}", describe(&workload, &d, failover.fargate_cooldown));
         }
-        StateAction::Set { workload, state } => {
+        StateAction::Set {
+            workload,
+            state,
+            reason,
+            failover,
+        } => {
             let (ns, name) = split(&workload)?;
-            let patch =
-                json!({ "metadata": { "annotations": { annotations::STATE: state.as_str() } } });
-            Api::<Deployment>::namespaced(client, ns)
-                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            let done = match state {
+                WorkloadState::Fargate => {
+                    let settings = failover.settings().ok_or_else(|| {
+                        Error::Invalid("no Fargate profile: set --fargate-profile (or SPOTKUBE_FARGATE_PROFILES) as the controller has it".into())
+                    })?;
+                    match transitions::fail_over(
+                        &client,
+                        &settings,
+                        ns,
+                        name,
+                        &reason,
+                        Timestamp::now(),
+                    )
+                    .await?
+                    {
+                        Failover::NotCovered => {
+                            return Err(Error::Invalid(format!(
+                                "no Fargate profile covers namespace {ns}"
+                            )));
+                        }
+                        Failover::Already => {
+                            println!(
+                                "{workload}: already on Fargate (or on its way); nothing done"
+                            );
+                            return Ok(());
+                        }
+                        Failover::Done(done) => *done,
+                    }
+                }
+                _ => {
+                    let d = Api::<Deployment>::namespaced(client.clone(), ns)
+                        .get(name)
+                        .await
+                        .kube("get", format_args!("deployment/{workload}"))?;
+                    match FargateRecord::of(&d) {
+                        None => {
+                            println!("{workload}: not on Fargate; nothing done");
+                            return Ok(());
+                        }
+                        Some(Err(e)) => return Err(Error::Invalid(e.to_string())),
+                        Some(Ok(record)) => {
+                            if let Some(rollout) = record.rollout {
+                                return Err(Error::Invalid(format!(
+                                    "a {} rollout is in flight since {}: wait for it to end",
+                                    rollout.kind.as_str(),
+                                    rollout.started
+                                )));
+                            }
+                        }
+                    }
+                    transitions::recover(&client, &d, &reason, Timestamp::now())
+                        .await?
+                        .ok_or_else(|| Error::Conflict {
+                            object: format!("deployment/{workload}"),
+                            message: "changed while being read: run again".into(),
+                        })?
+                }
+            };
+            let recorder = Recorder::new(
+                client.clone(),
+                Reporter {
+                    controller: "spotkube-controller".into(),
+                    instance: Some("state-set".into()),
+                },
+            );
+            let event = Event {
+                type_: done.type_,
+                reason: done.reason.into(),
+                note: Some(format!("{} (by hand)", done.note)),
+                action: done.reason.into(),
+                secondary: None,
+            };
+            if let Err(error) = recorder
+                .publish(&event, &done.deployment.object_ref(&()))
                 .await
-                .kube("patch", format_args!("deployment/{workload}"))?;
-            println!("{workload}: {} = {state}", annotations::STATE);
+            {
+                eprintln!("warning: the Event was not recorded: {error}");
+            }
+            println!(
+                "{workload}: {}; the controller's recovery loop follows the rollout",
+                done.note
+            );
         }
         StateAction::Capacity { output } => {
             let nodes = Api::<Node>::all(client)
@@ -115,6 +209,49 @@ pub async fn main(args: StateArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What `state get` prints of a workload: its annotations, the Fargate rollout in
+/// flight, and when the next recovery may start.
+fn describe(workload: &str, d: &Deployment, default_cooldown: std::time::Duration) -> String {
+    let a = d.annotations();
+    let mut out = format!(
+        "{workload}: replicas {}\n",
+        d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+    );
+    for key in SHOWN {
+        let _ = writeln!(
+            out,
+            "  {key}: {}",
+            a.get(*key).map(String::as_str).unwrap_or("-")
+        );
+    }
+    match FargateRecord::of(d) {
+        None => {}
+        Some(Err(e)) => {
+            let _ = writeln!(out, "  fargate record: unreadable: {e}");
+        }
+        Some(Ok(r)) => {
+            let labels: Vec<String> = r.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let _ = writeln!(out, "  fargate labels: {}", labels.join(","));
+            match &r.rollout {
+                Some(rollout) => {
+                    let _ = writeln!(
+                        out,
+                        "  rollout in flight: {} since {}",
+                        rollout.kind.as_str(),
+                        rollout.started
+                    );
+                }
+                None => {
+                    let due = record::recovery_due(d, default_cooldown)
+                        .map_or("now".to_string(), |t| t.to_string());
+                    let _ = writeln!(out, "  next recovery: not before {due} (if spot has room)");
+                }
+            }
+        }
+    }
+    out
 }
 
 /// A Node's capacity request.

@@ -135,6 +135,14 @@ pub enum Action {
         name: String,
         until: Option<Timestamp>,
     },
+    /// Move a `fallback: fargate` Deployment to Fargate (see [`crate::fargate`]); when
+    /// no Fargate profile covers its namespace, `instead` (its surge) is carried out.
+    FailoverToFargate {
+        namespace: String,
+        name: String,
+        reason: String,
+        instead: Option<Box<Action>>,
+    },
     /// Evict through the Eviction API (PDBs respected), retrying until `deadline`.
     Evict {
         namespace: String,

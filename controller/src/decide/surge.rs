@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use spotkube_shared::annotations::Surge;
+use spotkube_shared::annotations::{Fallback, Surge};
 use spotkube_shared::policy::Policy;
 
 use super::{Action, DeploymentView, Owner, PodView, RolloutStrategy, evict};
@@ -74,6 +74,26 @@ pub(super) fn protect_workloads(
             // stay until the replacement has taken over.
             Owner::Deployment(d)
                 if d.surged_for.as_deref() == Some(key) || d.surge_from.is_some() => {}
+            // Fargate takes it: its rollout replaces the pods (a single replica's surge is
+            // what happens when no profile covers the namespace).
+            Owner::Deployment(d) if pod.policy.fallback == Fallback::Fargate => {
+                if seen.insert((pod.namespace.clone(), d.name.clone())) {
+                    let single = d.replicas == 1 && pod.policy.surge != Surge::Off;
+                    let instead = single
+                        .then(|| surge(&pod.namespace, d, pod.policy, key, now))
+                        .flatten()
+                        .map(Box::new);
+                    surges.push(Action::FailoverToFargate {
+                        namespace: pod.namespace.clone(),
+                        name: d.name.clone(),
+                        reason: key.to_string(),
+                        instead,
+                    });
+                }
+                if d.replicas > 1 {
+                    evictions.push(evict(pod, deadline));
+                }
+            }
             Owner::Deployment(d) if d.replicas == 1 && pod.policy.surge != Surge::Off => {
                 if seen.insert((pod.namespace.clone(), d.name.clone())) {
                     surges.extend(surge(&pod.namespace, d, pod.policy, key, now));

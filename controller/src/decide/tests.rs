@@ -697,3 +697,70 @@ fn an_event_for_a_node_another_tool_marked_first_keeps_its_key_and_source() {
     assert_eq!(notice.event_id.as_deref(), Some("nth/spot-a/0f1e2d3c"));
     assert_eq!(notice.source.as_deref(), Some("nth"));
 }
+
+fn to_fargate(surge: Surge) -> Policy {
+    Policy {
+        fallback: spotkube_shared::annotations::Fallback::Fargate,
+        ..enabled(surge)
+    }
+}
+
+#[test]
+fn fallback_fargate_fails_over_with_the_surge_kept_for_an_uncovered_namespace() {
+    let pods = [pod(
+        "web-1",
+        Owner::Deployment(deployment("web", 1)),
+        to_fargate(Surge::Auto),
+    )];
+    let actions = decide(&spot_event(), &node(), &pods, now(), &plan());
+    assert_eq!(
+        actions[1..],
+        [Action::FailoverToFargate {
+            namespace: "shop".into(),
+            name: "web".into(),
+            reason: key(),
+            instead: Some(Box::new(Action::RestartDeployment {
+                namespace: "shop".into(),
+                name: "web".into(),
+                reason: key(),
+            })),
+        }]
+    );
+}
+
+#[test]
+fn a_multi_replica_fargate_workload_fails_over_once_and_its_pods_are_still_evicted() {
+    let d = Owner::Deployment(deployment("api", 3));
+    let pods = [
+        pod("api-1", d.clone(), to_fargate(Surge::Auto)),
+        pod("api-2", d, to_fargate(Surge::Auto)),
+    ];
+    let actions = decide(&spot_event(), &node(), &pods, now(), &plan());
+    let failovers: Vec<_> = actions
+        .iter()
+        .filter(|a| matches!(a, Action::FailoverToFargate { instead: None, .. }))
+        .collect();
+    assert_eq!(failovers.len(), 1);
+    let evictions = actions
+        .iter()
+        .filter(|a| matches!(a, Action::Evict { .. }))
+        .count();
+    assert_eq!(evictions, 2);
+    // The failover comes before the evictions.
+    assert!(matches!(actions[1], Action::FailoverToFargate { .. }));
+}
+
+#[test]
+fn a_workload_failed_over_for_this_event_is_not_failed_over_again() {
+    let mut moved = deployment("web", 1);
+    moved.surged_for = Some(key());
+    let pods = [pod(
+        "web-1",
+        Owner::Deployment(moved),
+        to_fargate(Surge::Auto),
+    )];
+    assert_eq!(
+        decide(&spot_event(), &interrupted(), &pods, now(), &plan()),
+        vec![]
+    );
+}

@@ -2,9 +2,9 @@
 
 use kube::runtime::events::EventType;
 
-/// The kinds a receiver can filter on (`kind` in the generic payload). Behaviours
-/// spotkube does not have yet (Fargate failover) slot in as a variant here and their Event reasons as a row in [`Kind::of_event`]: the payloads,
-/// dedup and rate limits are the same for every kind.
+/// The kinds a receiver can filter on (`kind` in the generic payload). A new behaviour
+/// slots in as a variant here and its Event reasons as a row in [`Kind::of_event`]: the
+/// payloads, dedup and rate limits are the same for every kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
     /// A Node marked for an interruption (spot warning, rebalance, scheduled change).
@@ -22,6 +22,10 @@ pub enum Kind {
     /// Replacement capacity could not come from a pool's spot group: asked of its
     /// on-demand fallback, none at all, or the group at MaxSize; and the fallback's end.
     CapacityFallback,
+    /// A workload moved to Fargate, or its failover abandoned for spot.
+    FargateFailover,
+    /// A workload's way back to spot: started, done, or rolled back to Fargate.
+    FargateRecovery,
     /// An action failed (it is retried), or something spotkube relies on is down.
     Failure,
 }
@@ -51,6 +55,15 @@ impl Kind {
             | "SpotkubeNodeTerminated"
             | "SpotkubeNoCapacityPool"
             | "SpotkubePendingScaleUp" => None,
+            "SpotkubeFargateFailover"
+            | "SpotkubeFargateReady"
+            | "SpotkubeFargateFailoverFailed"
+            | "SpotkubeFailoverAbortedReady"
+            | "SpotkubeFargateNotCovered" => Some(Kind::FargateFailover),
+            "SpotkubeRecoveryStarted"
+            | "SpotkubeRecovered"
+            | "SpotkubeRecoveryFailed"
+            | "SpotkubeRollbackReady" => Some(Kind::FargateRecovery),
             "SpotkubeActionFailed" | "SchedulerUnavailable" => Some(Kind::Failure),
             // A Warning is always someone's problem: one added later without a row
             // here still reaches the operator, as a failure.
@@ -69,6 +82,8 @@ impl Kind {
             Kind::SurgeScaledBack => "surge_scaled_back",
             Kind::Evicted => "evicted",
             Kind::CapacityFallback => "capacity_fallback",
+            Kind::FargateFailover => "fargate_failover",
+            Kind::FargateRecovery => "fargate_recovery",
             Kind::Failure => "failure",
         }
     }
@@ -83,6 +98,8 @@ impl Kind {
             Kind::SurgeScaledBack => ":arrow_down: Surge scaled back",
             Kind::Evicted => ":outbox_tray: Pod evicted",
             Kind::CapacityFallback => ":warning: Capacity fallback",
+            Kind::FargateFailover => ":cloud: Fargate failover",
+            Kind::FargateRecovery => ":leftwards_arrow_with_hook: Recovery to spot",
             Kind::Failure => ":x: spotkube action failed",
         }
     }
@@ -134,6 +151,39 @@ mod tests {
                 "SpotkubeRebalanceExpired",
                 Some(Kind::InterruptionCleared),
             ),
+            (
+                Normal,
+                "SpotkubeFargateFailover",
+                Some(Kind::FargateFailover),
+            ),
+            (Normal, "SpotkubeFargateReady", Some(Kind::FargateFailover)),
+            (
+                Warning,
+                "SpotkubeFargateFailoverFailed",
+                Some(Kind::FargateFailover),
+            ),
+            (
+                Normal,
+                "SpotkubeFailoverAbortedReady",
+                Some(Kind::FargateFailover),
+            ),
+            (
+                Warning,
+                "SpotkubeFargateNotCovered",
+                Some(Kind::FargateFailover),
+            ),
+            (
+                Normal,
+                "SpotkubeRecoveryStarted",
+                Some(Kind::FargateRecovery),
+            ),
+            (Normal, "SpotkubeRecovered", Some(Kind::FargateRecovery)),
+            (
+                Warning,
+                "SpotkubeRecoveryFailed",
+                Some(Kind::FargateRecovery),
+            ),
+            (Normal, "SpotkubeRollbackReady", Some(Kind::FargateRecovery)),
             (Normal, "SpotkubeCapacityRequested", None),
             (Normal, "SpotkubeReplacementReady", None),
             (Normal, "SpotkubeNodeTerminated", None),

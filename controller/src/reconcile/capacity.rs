@@ -542,6 +542,13 @@ impl Pass<'_> {
         reason: &str,
         why: String,
     ) -> Result<()> {
+        if request.trigger == Trigger::Rebalance && !request.fallback {
+            // Spot cannot replace it: what prefers Fargate to on-demand moves now, while
+            // there is time (a Fargate pod takes longer to start than a warning leaves).
+            let reason = format!("rebalance recommendation, no spot replacement: {why}");
+            crate::fargate::transitions::fail_over_node(self.ctx(), &node.name_any(), &reason)
+                .await;
+        }
         let pool_name = request.pool.clone().unwrap_or_default();
         let fallback = match request.fallback {
             true => None,

@@ -3,6 +3,7 @@
 //! where the last one left off.
 //!
 //! - [`capacity`]: bring replacement capacity before a Node at risk is removed.
+//! - [`fargate`]: follow Fargate failovers, and bring workloads back to spot.
 //! - [`drain`]: protect what still runs on a marked Node until its deadline.
 //! - [`scale_back`]: end scaled surges whose hold is over.
 //! - [`ranking`]: refresh and publish the price ranking.
@@ -17,6 +18,7 @@ pub mod capacity;
 pub mod drain;
 pub mod extender_health;
 pub mod external_signals;
+pub mod fargate;
 pub mod namespace_labels;
 pub mod pending;
 pub mod ranking;

@@ -5,7 +5,7 @@
 //! (Karpenter, Cluster Autoscaler) from keeping capacity, or launching more, for a
 //! replica nobody asked for.
 //!
-//! The labelled Deployments come from a watch ([`SurgingDeployments`]), so a pass reads
+//! The labelled Deployments come from a watch ([`LabelledDeployments::surging`]), so a pass reads
 //! nothing from the API: an idle controller costs the same with 50 Deployments or
 //! 50,000. Deployments surged by a version that did not label them (annotation set,
 //! label missing) are found once per leadership term by a paginated list and labelled
@@ -29,7 +29,7 @@ use tracing::Instrument;
 use crate::act::{Actor, end_surge};
 use crate::decide::{self, ScaleBack, SurgeNode};
 use crate::error::{KubeResultExt, Result};
-use crate::surging::SurgingDeployments;
+use crate::labelled::LabelledDeployments;
 
 /// Deployments per page of the one-time list.
 const PAGE: u32 = 500;
@@ -139,7 +139,7 @@ pub async fn label_unlabelled_surges(actor: &Actor) -> Result<usize> {
 /// The scale-back reconcile, every `every`, until cancelled. The surging watch runs
 /// alongside for as long as the term lasts.
 pub async fn run(actor: Actor, every: Duration, stop: CancellationToken) {
-    let surging = SurgingDeployments::default();
+    let surging = LabelledDeployments::surging();
     let synced = Readiness::default().gate("surging deployments");
     let watch = surging
         .clone()
