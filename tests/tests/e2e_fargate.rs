@@ -127,6 +127,8 @@ impl World {
             .controller_options(&self.queues.url, &self.test.name)
             .arg(format!("--identity={identity}"))
             .arg("--visibility-timeout=3s")
+            // The drain reconcile decides again every second while the node is marked.
+            .arg("--scale-back-interval=1s")
             .arg(format!("--fargate-profile={}", profile(&self.test)))
             .arg("--fargate-interval=500ms")
     }
@@ -281,6 +283,14 @@ async fn kill_node(test: &TestNamespace, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn template_labels(d: &Deployment) -> BTreeMap<String, String> {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default()
+}
+
 fn annotation(d: &Deployment, key: &str) -> Option<String> {
     d.annotations().get(key).cloned()
 }
@@ -308,17 +318,7 @@ async fn an_interruption_moves_it_to_fargate_and_the_cooldown_brings_it_back() -
             Ok((annotation(&d, STATE).as_deref() == Some("fargate")).then_some(d))
         })
         .await?;
-        let labels = moved
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .metadata
-            .as_ref()
-            .unwrap()
-            .labels
-            .clone()
-            .unwrap();
+        let labels = template_labels(&moved);
         assert_eq!(labels[PROFILE_LABEL], "true");
         assert_eq!(
             moved
@@ -517,17 +517,7 @@ async fn failed_recoveries_roll_back_with_exponential_backoff_until_one_succeeds
                 jiff::SignedDuration::from_secs(wait),
                 "failure {failures}: the next attempt is not base × 2^{failures}"
             );
-            let labels = d
-                .spec
-                .as_ref()
-                .unwrap()
-                .template
-                .metadata
-                .as_ref()
-                .unwrap()
-                .labels
-                .clone()
-                .unwrap();
+            let labels = template_labels(&d);
             assert_eq!(
                 labels[PROFILE_LABEL], "true",
                 "rolled back without the profile label"
@@ -587,7 +577,6 @@ async fn fargate_refusing_the_pods_leaves_the_workload_served_on_spot() -> anyho
             pod.spec.as_ref().unwrap().scheduler_name.as_deref(),
             Some("fargate-scheduler")
         );
-        w.kill_doomed().await?;
         let settled = w.wait_settled("spot", Duration::from_secs(30)).await?;
         assert!(annotation(&settled, RECORD).is_none());
         w.assert_user_placement_kept(&settled);
@@ -595,6 +584,12 @@ async fn fargate_refusing_the_pods_leaves_the_workload_served_on_spot() -> anyho
             serde_json::to_value(&settled.spec.as_ref().unwrap().strategy)?,
             w.strategy
         );
+        // The node is still marked and its workloads decided on every second: the
+        // abandoned failover is not tried again for the same event.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(w.events("SpotkubeFargateFailover").await?, 1);
+        assert_eq!(annotation(&w.web().await?, STATE).as_deref(), Some("spot"));
+        w.kill_doomed().await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let (min, samples) = web.finish().await;
         assert!(samples > 20, "only {samples} samples");

@@ -243,26 +243,40 @@ pub fn failover(
     )
 }
 
-/// A failover Fargate could not start: the template's labels as they were, restarted so
-/// new pods land on spot, state `spot`. The old strategy stays saved until it is done.
-pub fn abort(d: &Deployment, record: &FargateRecord, why: &str, now: Timestamp) -> Value {
-    let mut record = record.clone();
+/// `record` turned around into a rollout of `kind` from `now`, keeping the strategy the
+/// user had (saved by the rollout it turns around).
+fn turned_around(
+    d: &Deployment,
+    record: &FargateRecord,
+    kind: RolloutKind,
+    now: Timestamp,
+) -> FargateRecord {
     let strategy = record
         .rollout
         .as_ref()
         .map(|r| r.strategy.clone())
         .unwrap_or_else(|| strategy(d));
-    record.rollout = Some(Rollout {
-        kind: RolloutKind::Abort,
-        started: now,
-        strategy,
-    });
+    FargateRecord {
+        rollout: Some(Rollout {
+            kind,
+            started: now,
+            strategy,
+        }),
+        ..record.clone()
+    }
+}
+
+/// A failover Fargate could not start: the template's labels as they were, restarted so
+/// new pods land on spot, state `spot`. The old strategy stays saved until it is done.
+/// `reason` stays the event's: the drain reconcile, deciding again for the same event,
+/// must not fail over again.
+pub fn abort(d: &Deployment, record: &FargateRecord, now: Timestamp) -> Value {
+    let record = turned_around(d, record, RolloutKind::Abort, now);
     with_version(
         d,
         json!({
             "metadata": { "annotations": {
                 STATE: WorkloadState::Spot.as_str(),
-                REASON: why,
                 FARGATE_RECORD: record.to_annotation(),
             } },
             "spec": { "template": { "metadata": {
@@ -307,17 +321,7 @@ pub fn rollback(
     now: Timestamp,
     next: Timestamp,
 ) -> Value {
-    let mut record = record.clone();
-    let strategy = record
-        .rollout
-        .as_ref()
-        .map(|r| r.strategy.clone())
-        .unwrap_or_else(|| strategy(d));
-    record.rollout = Some(Rollout {
-        kind: RolloutKind::Rollback,
-        started: now,
-        strategy,
-    });
+    let record = turned_around(d, record, RolloutKind::Rollback, now);
     with_version(
         d,
         json!({
@@ -435,20 +439,9 @@ mod tests {
         let d0 = deployment(user.clone());
         let now = at("2026-12-01T10:00:00Z");
         let d1 = apply(&d0, &failover(&d0, &fargate_labels(), "evt-1", now));
-        let labels = &d1
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .metadata
-            .as_ref()
-            .unwrap()
-            .labels;
-        assert_eq!(
-            labels.as_ref().unwrap().get("spotkube.io/fargate").unwrap(),
-            "true"
-        );
-        assert_eq!(labels.as_ref().unwrap().get("tier").unwrap(), "front");
+        let labels = template_labels(&d1);
+        assert_eq!(labels["spotkube.io/fargate"], "true");
+        assert_eq!(labels["tier"], "front");
         // The rollout keeps every old pod: maxUnavailable 0, and it must surge.
         assert_eq!(
             serde_json::to_value(d1.spec.as_ref().unwrap().strategy.as_ref().unwrap()).unwrap(),
@@ -505,18 +498,10 @@ mod tests {
             r1.before.get("spotkube.io/fargate").unwrap().as_deref(),
             Some("maybe")
         );
-        let d2 = apply(&d1, &abort(&d1, &r1, "no capacity", now));
-        let labels = d2
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .metadata
-            .as_ref()
-            .unwrap()
-            .labels
-            .clone()
-            .unwrap();
+        let d2 = apply(&d1, &abort(&d1, &r1, now));
+        // Still the event's reason: deciding again for that event fails nothing over.
+        assert_eq!(d2.annotations()[REASON], "evt");
+        let labels = template_labels(&d2);
         assert_eq!(labels.get("spotkube.io/fargate").unwrap(), "maybe");
         // Restarted, so new pods leave the reclaimed node for spot.
         let restarted = d2
@@ -571,17 +556,7 @@ mod tests {
         assert_eq!(state(&d3), Some(WorkloadState::Fargate));
         assert_eq!(failed_recoveries(&d3), 1);
         assert_eq!(next_recovery(&d3), Some(next));
-        let labels = d3
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .metadata
-            .as_ref()
-            .unwrap()
-            .labels
-            .clone()
-            .unwrap();
+        let labels = template_labels(&d3);
         assert_eq!(labels.get("spotkube.io/fargate").unwrap(), "true");
         let d4 = apply(
             &d3,

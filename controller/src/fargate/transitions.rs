@@ -195,7 +195,7 @@ pub async fn conclude(
             (patch, transition, EventType::Normal, reason, note)
         }
         Verdict::Abort(why) => (
-            record::abort(d, record, why, now),
+            record::abort(d, record, now),
             "abort",
             EventType::Warning,
             "SpotkubeFargateFailoverFailed",
