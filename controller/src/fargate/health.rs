@@ -20,9 +20,11 @@ use crate::error::{KubeResultExt, Result};
 /// The label EndpointSlices carry with their Service's name.
 const SERVICE_NAME: &str = "kubernetes.io/service-name";
 
-/// Reads the health of `d` now: 2 LISTs (Services, EndpointSlices) plus the pods of
-/// the workload when `fargate_bound` (only a rollout to Fargate can be refused by it).
-pub async fn health(client: &Client, d: &Deployment, fargate_bound: bool) -> Result<Health> {
+/// Reads the health of `d` now: a LIST of Services, of EndpointSlices when one selects
+/// the pods, and of the workload's pending pods when `fargate_bound` (only a rollout to
+/// Fargate can be refused by it). Also returns how many requests that was.
+pub async fn health(client: &Client, d: &Deployment, fargate_bound: bool) -> Result<(Health, u64)> {
+    let mut requests = 1;
     let namespace = d.namespace().unwrap_or_default();
     let template_labels = d
         .spec
@@ -44,6 +46,7 @@ pub async fn health(client: &Client, d: &Deployment, fargate_bound: bool) -> Res
     let endpoints = if selecting.is_empty() {
         Endpoints::NoService
     } else {
+        requests += 1;
         let slices = Api::<EndpointSlice>::namespaced(client.clone(), &namespace)
             .list(&ListParams::default().labels(SERVICE_NAME))
             .await
@@ -59,15 +62,17 @@ pub async fn health(client: &Client, d: &Deployment, fargate_bound: bool) -> Res
         }
     };
     let fargate_failure = if fargate_bound {
+        requests += 1;
         fargate_refusal(client, d).await?
     } else {
         None
     };
-    Ok(Health {
+    let health = Health {
         rollout_done: replacement_ready(d),
         endpoints,
         fargate_failure,
-    })
+    };
+    Ok((health, requests))
 }
 
 /// Whether Service `s` selects pods labelled `labels` (a Service without a selector

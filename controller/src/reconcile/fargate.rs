@@ -6,7 +6,6 @@
 //! a metric, and a log line.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -18,7 +17,7 @@ use crate::context::Context;
 use crate::error::Result;
 use crate::fargate::health::health;
 use crate::fargate::room::SpotRoom;
-use crate::fargate::step::{self, Endpoints, Next};
+use crate::fargate::step::{self, Endpoints, Next, Verdict};
 use crate::fargate::transitions::{self, Done};
 use crate::fargate::{FargateRecord, Settings};
 use crate::labelled::LabelledDeployments;
@@ -40,7 +39,6 @@ pub async fn pass(
     deployments: &[Deployment],
     now: Timestamp,
 ) -> PassReport {
-    let requests = AtomicU64::new(0);
     let mut report = PassReport::default();
     let mut room: Option<SpotRoom> = None;
     for d in deployments {
@@ -49,7 +47,7 @@ pub async fn pass(
             d.namespace().unwrap_or_default(),
             d.name_any()
         );
-        let result = one(ctx, settings, d, now, &mut room, &requests, &mut report).await;
+        let result = one(ctx, settings, d, now, &mut room, &mut report).await;
         match result {
             Ok(Some(done)) => {
                 report.transitions += 1;
@@ -62,7 +60,6 @@ pub async fn pass(
             }
         }
     }
-    report.requests = requests.load(Ordering::Relaxed);
     ctx.metrics
         .fargate
         .pass_requests
@@ -82,7 +79,6 @@ async fn one(
     d: &Deployment,
     now: Timestamp,
     room: &mut Option<SpotRoom>,
-    requests: &AtomicU64,
     report: &mut PassReport,
 ) -> Result<Option<Done>> {
     let record = match FargateRecord::of(d) {
@@ -98,8 +94,8 @@ async fn one(
         Next::Follow { kind, started } => {
             report.followed += 1;
             let record = record.expect("a rollout has a record");
-            let health = health(&ctx.client, d, kind.to_fargate()).await?;
-            requests.fetch_add(if kind.to_fargate() { 3 } else { 2 }, Ordering::Relaxed);
+            let (health, reads) = health(&ctx.client, d, kind.to_fargate()).await?;
+            report.requests += reads;
             let verdict = step::judge(kind, started, &health, now, settings.timeouts);
             tracing::debug!(?health, ?verdict, kind = kind.as_str(), "rollout judged");
             let without_service = health.endpoints == Endpoints::NoService;
@@ -113,8 +109,8 @@ async fn one(
                 now,
             )
             .await?;
-            if done.is_some() {
-                requests.fetch_add(1, Ordering::Relaxed);
+            if verdict != Verdict::Wait {
+                report.requests += 1; // the write, applied or refused as a conflict
             }
             Ok(done)
         }
@@ -125,19 +121,19 @@ async fn one(
             };
             if room.is_none() {
                 *room = Some(SpotRoom::survey(&ctx.client, &ctx.ice).await?);
-                requests.fetch_add(1, Ordering::Relaxed);
+                report.requests += 1;
             }
             let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(1) as usize;
             let survey = room.as_mut().expect("surveyed above");
             let (nodes, reads) = survey.take(&ctx.client, &spec, replicas).await?;
-            requests.fetch_add(reads, Ordering::Relaxed);
+            report.requests += reads;
             let Some(nodes) = nodes else {
                 tracing::debug!("recovery due, but spot has no room for it");
                 return Ok(None);
             };
             let why = format!("spot has room (node {})", nodes.join(", "));
             let done = transitions::recover(&ctx.client, d, &why, now).await?;
-            requests.fetch_add(1, Ordering::Relaxed);
+            report.requests += 1;
             Ok(done)
         }
     }
