@@ -14,15 +14,21 @@
 //! timeline from what the cluster and moto say, checks that no Service ever had zero
 //! ready endpoints and that `api` never went below its PDB, and prints what the
 //! workloads cost (`spotkube-controller savings`) on spot, on the fallback and back on
-//! spot. Exits non-zero if a check fails.
+//! spot. Last, the Fargate chapter: in a second opted-in namespace served by a Fargate
+//! profile (the rig's Fargate stand-in, 20 s to start a pod), a single-replica
+//! `fallback: fargate` Deployment leaves its spot node for Fargate on an interruption
+//! warning and, after its cooldown, comes back to a spare spot node with its pod template
+//! byte for byte what it was, its Service never without a ready endpoint. Exits non-zero
+//! if a check fails.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use aws_sdk_autoscaling::types::ScalingActivityStatusCode;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -30,13 +36,17 @@ use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use serde_json::json;
 use spotkube_rig::autoscaling::{self, GroupSpec, LaunchTemplate};
 use spotkube_rig::aws::{EventKind, Moto};
+use spotkube_rig::fargate::{FargateOptions, FargateStandIn, ProfileHandle};
 use spotkube_rig::nodes::{is_ready, price_snapshot_path};
 use spotkube_rig::programs::ProgramOptions;
 use spotkube_rig::{
-    Cluster, ExtenderConfig, Registrar, RegistrarOptions, wait_for, wait_for_rollout,
-    wait_for_schedulable_nodes, workloads,
+    Cluster, EndpointWatch, ExtenderConfig, FakeNode, Program, Registrar, RegistrarOptions,
+    wait_for, wait_for_ready_endpoints, wait_for_rollout, wait_for_schedulable_nodes, workloads,
 };
 use spotkube_shared::ranking::Ranking;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 const NAMESPACE: &str = "demo";
 const SCHEDULER: &str = "spotkube-scheduler";
@@ -65,19 +75,45 @@ const STORY: [&str; 5] = [
     "SpotkubeNodeTerminated",
     "SpotkubeFallbackScaleBack",
 ];
+/// The Fargate chapter's namespace (opted in) and its EKS Fargate profile, given to the
+/// stand-in, the webhook and the controller alike.
+const SHOP: &str = "shop";
+const FARGATE_PROFILE: &str = "shop:spotkube.io/fargate=true";
+/// How long the stand-in takes to start a pod on Fargate (EKS: 30–90 s).
+const FARGATE_START_DELAY: Duration = Duration::from_secs(20);
+/// `cart`'s stay on Fargate before spot is tried again (default 45m; short for the demo).
+const FARGATE_COOLDOWN: &str = "30s";
+/// The chapter's single-replica Deployment and Service.
+const CART: &str = "cart";
+/// `cart`'s own nodeSelector: its team's spot nodes (the doomed one and the spare).
+const TEAM: (&str, &str) = ("example.com/team", "shop");
+/// spotkube's state annotation and Fargate record on a Deployment.
+const STATE: &str = "spotkube.io/state";
+const FARGATE_RECORD: &str = "spotkube.io/fargate";
+/// The Events of the Fargate chapter, each one expected once on `cart`.
+const FARGATE_STORY: [&str; 4] = [
+    "SpotkubeFargateFailover",
+    "SpotkubeFargateReady",
+    "SpotkubeRecoveryStarted",
+    "SpotkubeRecovered",
+];
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     spotkube_shared::telemetry::install_crypto_provider();
     // The rig's own progress logs (registrar joins, ...) go to stderr, warnings only: the
     // timeline says the same from the cluster. RUST_LOG overrides.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let user_set = from_env.is_some();
+    let (filter, logs) =
+        tracing_subscriber::reload::Layer::new(from_env.unwrap_or_else(|| EnvFilter::new("warn")));
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .try_init();
+    if !user_set {
+        let _ = LOGS.set(logs);
+    }
     let started = Instant::now();
     let result = run().await;
     match &result {
@@ -91,6 +127,18 @@ async fn main() -> anyhow::Result<()> {
         ),
     }
     result
+}
+
+/// The log filter, when the demo chose it (not RUST_LOG).
+static LOGS: OnceLock<tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>> =
+    OnceLock::new();
+
+/// No more logs: the Fargate stand-in outlives the control plane, and its watches would
+/// warn about the stopped apiserver until the process exits.
+fn quiet_teardown() {
+    if let Some(logs) = LOGS.get() {
+        let _ = logs.reload(EnvFilter::new("off"));
+    }
 }
 
 fn step(what: &str) {
@@ -118,24 +166,8 @@ async fn run() -> anyhow::Result<()> {
         queues.url
     );
 
-    for ns in ["spotkube-system", NAMESPACE] {
-        let annotations = (ns == NAMESPACE)
-            .then(|| BTreeMap::from([("spotkube.io/enabled".to_string(), "true".to_string())]));
-        Api::<Namespace>::all(client.clone())
-            .create(
-                &PostParams::default(),
-                &Namespace {
-                    metadata: ObjectMeta {
-                        name: Some(ns.into()),
-                        annotations,
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                },
-            )
-            .await
-            .with_context(|| format!("create namespace {ns}"))?;
-    }
+    create_namespace(&client, "spotkube-system", false).await?;
+    create_namespace(&client, NAMESPACE, true).await?;
 
     step(
         "Starting spotkube-controller: SQS intake, leader election, ranking from EC2 + Pricing (moto), capacity loop",
@@ -154,7 +186,10 @@ async fn run() -> anyhow::Result<()> {
         .arg("--capacity-interval=1s")
         .arg("--capacity-timeout=60s")
         .arg("--fallback-stable-window=10s")
-        .arg("--ice-ttl=15s");
+        .arg("--ice-ttl=15s")
+        // The Fargate chapter's profile; the recovery loop on a demo's clock (default 5s).
+        .arg(format!("--fargate-profile={FARGATE_PROFILE}"))
+        .arg("--fargate-interval=1s");
     let _controller = cluster.start_controller(controller_options).await?;
     let ranking = published_ranking(&client).await?;
     for (zone, entries) in &ranking.zones {
@@ -168,6 +203,7 @@ async fn run() -> anyhow::Result<()> {
     println!(
         "    --capacity-interval=1s --capacity-timeout=60s --fallback-stable-window=10s --ice-ttl=15s"
     );
+    println!("    --fargate-profile={FARGATE_PROFILE} --fargate-interval=1s (the Fargate chapter)");
 
     let spot_type = pick_spot_type(&ranking, &POOL_ZONES)
         .context("the ranking has no type for the pool's zones")?;
@@ -263,29 +299,17 @@ async fn run() -> anyhow::Result<()> {
 
     step("Starting spotkube-webhook (TLS) and registering it with the apiserver");
     let webhook = cluster
-        .start_webhook(ProgramOptions::default().arg(format!("--scheduler-name={SCHEDULER}")))
+        .start_webhook(
+            ProgramOptions::default()
+                .arg(format!("--scheduler-name={SCHEDULER}"))
+                .arg(format!("--fargate-profile={FARGATE_PROFILE}")),
+        )
         .await?;
     cluster
         .register_webhook("spotkube-demo", &webhook, NAMESPACE)
         .await?;
-    // The webhook selects namespaces by label; the controller mirrors the annotation.
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    wait_for(
-        "the controller to mirror the opt-in to a label",
-        Duration::from_secs(30),
-        || async {
-            let ns = namespaces.get(NAMESPACE).await?;
-            let labelled = ns
-                .metadata
-                .labels
-                .is_some_and(|l| l.get("spotkube.io/enabled").map(String::as_str) == Some("true"));
-            Ok(labelled.then_some(()))
-        },
-    )
-    .await?;
-    println!(
-        "    {NAMESPACE}: spotkube.io/enabled annotation mirrored to a label by the controller"
-    );
+    println!("    --scheduler-name={SCHEDULER} --fargate-profile={FARGATE_PROFILE}");
+    wait_opted_in(&client, NAMESPACE).await?;
 
     step(
         "Deploying `web` (1 replica) and `api` (3 replicas, PDB minAvailable 2) into the opted-in namespace",
@@ -470,7 +494,397 @@ async fn run() -> anyhow::Result<()> {
         dark.is_empty(),
         "Services with zero ready endpoints at some moment: {dark:?}"
     );
+
+    let chapter = fargate_chapter(&cluster, &moto, &queues.url, &webhook, &spot_type).await;
+    quiet_teardown();
+    chapter?;
     registrar.stop().await;
+    Ok(())
+}
+
+async fn create_namespace(client: &kube::Client, name: &str, opted_in: bool) -> anyhow::Result<()> {
+    let annotations =
+        opted_in.then(|| BTreeMap::from([("spotkube.io/enabled".to_string(), "true".to_string())]));
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta {
+                    name: Some(name.into()),
+                    annotations,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .with_context(|| format!("create namespace {name}"))?;
+    Ok(())
+}
+
+/// The webhook selects namespaces by label; waits for the controller to mirror the
+/// opt-in annotation of `name` to it.
+async fn wait_opted_in(client: &kube::Client, name: &str) -> anyhow::Result<()> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    wait_for(
+        "the controller to mirror the opt-in to a label",
+        Duration::from_secs(30),
+        || async {
+            let ns = namespaces.get(name).await?;
+            let labelled = ns
+                .metadata
+                .labels
+                .is_some_and(|l| l.get("spotkube.io/enabled").map(String::as_str) == Some("true"));
+            Ok(labelled.then_some(()))
+        },
+    )
+    .await?;
+    println!("    {name}: spotkube.io/enabled annotation mirrored to a label by the controller");
+    Ok(())
+}
+
+// ---- the Fargate chapter ----------------------------------------------------------
+
+/// The Fargate chapter: `cart` moves to Fargate on an interruption warning and comes back
+/// to spot after its cooldown, with zero gap and its pod template untouched.
+async fn fargate_chapter(
+    cluster: &Cluster,
+    moto: &Moto,
+    queue_url: &str,
+    webhook: &Program,
+    spot_type: &str,
+) -> anyhow::Result<()> {
+    step(&format!(
+        "Fargate: namespace `{SHOP}` opted in and served by the Fargate profile {FARGATE_PROFILE} (the rig's stand-in for EKS's Fargate webhook and fargate-scheduler, {FARGATE_START_DELAY:?} to start a pod)"
+    ));
+    let client = cluster.client().await?;
+    let _profile = serve_shop(cluster, &client, webhook).await?;
+
+    step(&format!(
+        "Deploying `{CART}` (1 replica, a Service; spotkube.io/fallback: fargate, spotkube.io/fargate-cooldown: {FARGATE_COOLDOWN}) on a {spot_type} spot node, and a spare spot node for the way back"
+    ));
+    let shop = Shop::deploy(client, spot_type).await?;
+
+    step(&format!(
+        "A spot interruption warning for {} (spot-a, `{CART}`'s node): to Fargate, then back to spot once the cooldown is over",
+        shop.doomed.instance_id
+    ));
+    let endpoints = EndpointWatch::start(&shop.client, SHOP, CART);
+    let moved = shop.interrupt_and_recover(moto, queue_url).await;
+    // A last look after the recovery: the old Fargate pod goes after the new one is Ready.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (fewest, samples) = endpoints.finish().await;
+    moved?;
+
+    step(&format!("Checks (`{CART}`)"));
+    check_zero_gap(fewest, samples)?;
+    shop.check_template().await?;
+    shop.print_events().await
+}
+
+/// Opts `shop` in, serves its profile on the Fargate stand-in and registers the demo's
+/// webhook (started with the profile) for it; the profile is served while the handle lives.
+async fn serve_shop(
+    cluster: &Cluster,
+    client: &kube::Client,
+    webhook: &Program,
+) -> anyhow::Result<ProfileHandle> {
+    create_namespace(client, SHOP, true).await?;
+    let stand_in = FargateStandIn::shared(cluster).await?;
+    let profile = stand_in.serve(
+        FARGATE_PROFILE.parse()?,
+        FargateOptions {
+            start_delay: FARGATE_START_DELAY,
+            ..FargateOptions::default()
+        },
+    );
+    println!(
+        "    {}: EKS's webhook, sends a pod matching a profile to fargate-scheduler",
+        spotkube_rig::fargate::WEBHOOK_CONFIGURATION
+    );
+    // Configurations are called in name order: EKS's `0500-…` first, then spotkube's.
+    cluster
+        .register_webhook(&format!("spotkube-{SHOP}"), webhook, SHOP)
+        .await?;
+    println!(
+        "    spotkube-{SHOP}: spotkube-webhook (--fargate-profile={FARGATE_PROFILE}) for {SHOP}, called after EKS's"
+    );
+    wait_opted_in(client, SHOP).await?;
+    Ok(profile)
+}
+
+/// The Fargate chapter's world: `cart` on its spot node, the spare, and what `cart`'s
+/// pod template and strategy were before anything moved.
+struct Shop {
+    client: kube::Client,
+    doomed: FakeNode,
+    spare: FakeNode,
+    template: serde_json::Value,
+    strategy: serde_json::Value,
+}
+
+impl Shop {
+    /// `cart` and its Service on spot-a, then the spare spot-b.
+    async fn deploy(client: kube::Client, spot_type: &str) -> anyhow::Result<Shop> {
+        let doomed = team_node(&client, spot_type, POOL_ZONES[0], "spot-a").await?;
+        let created = Api::<Deployment>::namespaced(client.clone(), SHOP)
+            .create(&PostParams::default(), &cart_deployment())
+            .await
+            .context("create deployment cart")?;
+        Api::<Service>::namespaced(client.clone(), SHOP)
+            .create(&PostParams::default(), &workloads::service(CART))
+            .await
+            .context("create service cart")?;
+        wait_for_rollout(&client, SHOP, CART, Duration::from_secs(90)).await?;
+        wait_for_ready_endpoints(&client, SHOP, CART, 1, Duration::from_secs(30)).await?;
+        let pod = wait_cart_pod(&client, "cart Ready on spot-a", |n| n == doomed.name).await?;
+        let scheduler = pod.spec.as_ref().and_then(|s| s.scheduler_name.clone());
+        println!(
+            "    {:<28} → spot-a (schedulerName {})",
+            pod.metadata.name.unwrap_or_default(),
+            scheduler.unwrap_or_default()
+        );
+        let spare = team_node(&client, spot_type, POOL_ZONES[1], "spot-b").await?;
+        let spec = created.spec.context("cart's spec")?;
+        Ok(Shop {
+            template: serde_json::to_value(&spec.template)?,
+            strategy: serde_json::to_value(&spec.strategy)?,
+            client,
+            doomed,
+            spare,
+        })
+    }
+
+    /// The warning, then each step of the move as a timeline line, in seconds since it.
+    async fn interrupt_and_recover(&self, moto: &Moto, queue_url: &str) -> anyhow::Result<()> {
+        let timeline = Timeline::start();
+        moto.send_event(
+            queue_url,
+            EventKind::SpotInterruptionWarning,
+            &self.doomed.instance_id,
+            jiff::Timestamp::now(),
+        )
+        .await?;
+        timeline.mark("spot interruption warning put on the SQS queue (2 minutes' notice)");
+        let moved = self
+            .wait_cart("the failover patch", |d| state_of(d) == Some("fargate"))
+            .await?;
+        timeline.mark(&format!(
+            "failover patch: state fargate, template + spotkube.io/fargate=true, maxUnavailable 0 (reason: event {})",
+            annotation(&moved, "spotkube.io/reason").unwrap_or_default()
+        ));
+        let pod = wait_cart_pod(&self.client, "cart Ready on Fargate", |n| {
+            n.starts_with("fargate-ip-")
+        })
+        .await?;
+        timeline.mark(&format!(
+            "{} Ready on {} (fargate-scheduler; the spot pod served meanwhile)",
+            pod.metadata.name.unwrap_or_default(),
+            pod.spec.and_then(|s| s.node_name).unwrap_or_default()
+        ));
+        self.wait_cart("the failover to settle", |d| settled(d, "fargate"))
+            .await?;
+        timeline.mark("failover done: rollout complete, the Service's endpoint on Fargate");
+        spotkube_rig::faults::terminate_node(&self.client, &self.doomed.name).await?;
+        timeline.mark("spot-a's instance killed: its pods and Node deleted");
+        self.wait_cart("the recovery", |d| state_of(d) == Some("recovering"))
+            .await?;
+        timeline.mark(&format!(
+            "recovery started: state recovering, the profile's label off the template (cooldown {FARGATE_COOLDOWN} over, spot-b has room)"
+        ));
+        self.wait_cart("the recovery to settle", |d| settled(d, "spot"))
+            .await?;
+        let pod = wait_cart_pod(&self.client, "cart Ready on spot-b", |n| {
+            n == self.spare.name
+        })
+        .await?;
+        timeline.mark(&format!(
+            "recovered: state spot, {} Ready on spot-b, strategy restored",
+            pod.metadata.name.unwrap_or_default()
+        ));
+        Ok(())
+    }
+
+    /// `cart` once `done` holds (at most 90 s: the cooldown and a Fargate start).
+    async fn wait_cart(
+        &self,
+        what: &str,
+        done: impl Fn(&Deployment) -> bool,
+    ) -> anyhow::Result<Deployment> {
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), SHOP);
+        Ok(wait_for(what, Duration::from_secs(90), || async {
+            let d = deployments.get(CART).await?;
+            Ok(done(&d).then_some(d))
+        })
+        .await?)
+    }
+
+    /// "Byte for byte": the pod template after the recovery is what it was (JSON equal),
+    /// and so is the strategy.
+    async fn check_template(&self) -> anyhow::Result<()> {
+        let d = Api::<Deployment>::namespaced(self.client.clone(), SHOP)
+            .get(CART)
+            .await?;
+        let spec = d.spec.context("cart's spec")?;
+        let template = serde_json::to_value(&spec.template)?;
+        anyhow::ensure!(
+            template == self.template,
+            "the pod template is not what it was: before {}, after {template}",
+            self.template
+        );
+        anyhow::ensure!(
+            serde_json::to_value(&spec.strategy)? == self.strategy,
+            "the strategy is not what it was"
+        );
+        println!(
+            "    pod template after the recovery: byte for byte what it was before (JSON equal, {} bytes); strategy restored",
+            template.to_string().len()
+        );
+        Ok(())
+    }
+
+    /// spotkube's Events on `cart`, in order; fails if one of the story's is missing.
+    async fn print_events(&self) -> anyhow::Result<()> {
+        let mut events: Vec<Event> = Api::<Event>::namespaced(self.client.clone(), SHOP)
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.reason
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with("Spotkube"))
+            })
+            .filter(|e| {
+                e.regarding.as_ref().is_some_and(|r| {
+                    r.kind.as_deref() == Some("Deployment") && r.name.as_deref() == Some(CART)
+                })
+            })
+            .collect();
+        events.sort_by_key(|e| e.metadata.creation_timestamp.clone());
+        println!("    Events spotkube recorded on deployment/{CART}:");
+        for event in &events {
+            println!(
+                "      {:<24} {}",
+                event.reason.as_deref().unwrap_or_default(),
+                event.note.as_deref().unwrap_or_default()
+            );
+        }
+        let missing: Vec<&str> = FARGATE_STORY
+            .iter()
+            .copied()
+            .filter(|r| !events.iter().any(|e| e.reason.as_deref() == Some(*r)))
+            .collect();
+        anyhow::ensure!(
+            missing.is_empty(),
+            "Events of the Fargate story never recorded: {missing:?}"
+        );
+        Ok(())
+    }
+}
+
+/// `cart`: one pause pod on its team's nodes (the user's own nodeSelector), grace 1 s,
+/// `fallback: fargate` with the demo's cooldown.
+fn cart_deployment() -> Deployment {
+    let deployment = workloads::with_node_selector(workloads::deployment(CART, 1), TEAM.0, TEAM.1);
+    let mut deployment = workloads::with_grace_period(deployment, 1);
+    deployment.metadata.annotations = Some(BTreeMap::from([
+        ("spotkube.io/fallback".to_string(), "fargate".to_string()),
+        (
+            "spotkube.io/fargate-cooldown".to_string(),
+            FARGATE_COOLDOWN.to_string(),
+        ),
+    ]));
+    deployment
+}
+
+/// A spot Node of `cart`'s team (kwok; no instance in moto), schedulable when it returns.
+async fn team_node(
+    client: &kube::Client,
+    instance_type: &str,
+    zone: &str,
+    alias: &str,
+) -> anyhow::Result<FakeNode> {
+    let node = FakeNode::spot(instance_type, zone).with_label(TEAM.0, TEAM.1);
+    let created = node.create(client).await?;
+    let team = Api::<Node>::all(client.clone())
+        .list(&ListParams::default().labels(&format!("{}={}", TEAM.0, TEAM.1)))
+        .await?;
+    wait_for_schedulable_nodes(
+        client,
+        &format!("{}={}", TEAM.0, TEAM.1),
+        team.items.len(),
+        Duration::from_secs(60),
+    )
+    .await?;
+    println!(
+        "    {alias} = {} ({}), labelled {}={}",
+        node.name,
+        NodeFacts::of(&created).describe(),
+        TEAM.0,
+        TEAM.1
+    );
+    Ok(node)
+}
+
+/// A Ready, non-terminating pod of `cart` on a Node for which `on` holds (within 90 s).
+async fn wait_cart_pod(
+    client: &kube::Client,
+    what: &str,
+    on: impl Fn(&str) -> bool,
+) -> anyhow::Result<Pod> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), SHOP);
+    Ok(wait_for(what, Duration::from_secs(90), || async {
+        let list = pods
+            .list(&ListParams::default().labels(&format!("app={CART}")))
+            .await?;
+        Ok(list.items.into_iter().find(|p| {
+            let node = p.spec.as_ref().and_then(|s| s.node_name.as_deref());
+            p.metadata.deletion_timestamp.is_none() && node.is_some_and(&on) && pod_ready(p)
+        }))
+    })
+    .await?)
+}
+
+fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn annotation(d: &Deployment, key: &str) -> Option<String> {
+    d.metadata.annotations.as_ref()?.get(key).cloned()
+}
+
+fn state_of(d: &Deployment) -> Option<&str> {
+    d.metadata
+        .annotations
+        .as_ref()?
+        .get(STATE)
+        .map(String::as_str)
+}
+
+/// In `state` with no Fargate rollout in flight (the record names it while one is).
+fn settled(d: &Deployment, state: &str) -> bool {
+    state_of(d) == Some(state)
+        && annotation(d, FARGATE_RECORD).is_none_or(|r| !r.contains("\"rollout\""))
+}
+
+/// "Zero gap": `cart`'s Service had a ready endpoint at every sample, from before the
+/// warning to after the recovery.
+fn check_zero_gap(fewest: usize, samples: usize) -> anyhow::Result<()> {
+    println!(
+        "    `{CART}` ready endpoints, polled every 100 ms from before the warning to after the recovery: minimum {fewest} over {samples} samples"
+    );
+    anyhow::ensure!(
+        samples >= 100,
+        "only {samples} samples of `{CART}`'s endpoints"
+    );
+    anyhow::ensure!(
+        fewest >= 1,
+        "`{CART}` had zero ready endpoints at some moment"
+    );
     Ok(())
 }
 
@@ -1249,6 +1663,38 @@ mod tests {
             "wanted, trigger rebalance"
         );
         assert_eq!(request_summary("{", alias), "(unreadable)");
+    }
+
+    fn cart_with(annotations: &[(&str, &str)]) -> Deployment {
+        let mut d = cart_deployment();
+        let a = d.metadata.annotations.get_or_insert_with(BTreeMap::new);
+        for (k, v) in annotations {
+            a.insert(k.to_string(), v.to_string());
+        }
+        d
+    }
+
+    #[test]
+    fn cart_settles_in_a_state_only_once_no_fargate_rollout_is_in_flight() {
+        let rolling = r#"{"labels":{"spotkube.io/fargate":"true"},"rollout":{"kind":"failover"}}"#;
+        let done = r#"{"labels":{"spotkube.io/fargate":"true"}}"#;
+        let moving = cart_with(&[(STATE, "fargate"), (FARGATE_RECORD, rolling)]);
+        assert_eq!(state_of(&moving), Some("fargate"));
+        assert!(!settled(&moving, "fargate"));
+        assert!(settled(
+            &cart_with(&[(STATE, "fargate"), (FARGATE_RECORD, done)]),
+            "fargate"
+        ));
+        assert!(settled(&cart_with(&[(STATE, "spot")]), "spot"));
+        assert!(!settled(&cart_with(&[(STATE, "recovering")]), "spot"));
+        assert!(!settled(&cart_deployment(), "spot"));
+    }
+
+    #[test]
+    fn a_single_sample_without_a_ready_endpoint_fails_the_fargate_chapter() {
+        assert!(check_zero_gap(1, 300).is_ok());
+        assert!(check_zero_gap(0, 300).is_err());
+        assert!(check_zero_gap(1, 10).is_err(), "too few samples to say");
     }
 
     #[test]
