@@ -187,6 +187,20 @@ impl World {
         .await?)
     }
 
+    /// Nothing lost: the event was handled and deleted, nothing dead-lettered.
+    async fn assert_queue_drained(&self) -> anyhow::Result<()> {
+        wait_for("queue drained", Duration::from_secs(30), || async {
+            Ok((self.moto.queue_depth(&self.queues.url).await? == 0).then_some(()))
+        })
+        .await?;
+        assert_eq!(
+            self.moto.queue_depth(&self.queues.dlq_url).await?,
+            0,
+            "dead-lettered"
+        );
+        Ok(())
+    }
+
     async fn events(&self, reason: &str) -> anyhow::Result<usize> {
         Ok(event_count(
             &self.test.client,
@@ -388,6 +402,7 @@ async fn an_interruption_moves_it_to_fargate_and_the_cooldown_brings_it_back() -
         assert!(!back.labels().contains_key("spotkube.io/on-fargate"));
         assert_eq!(w.events("SpotkubeRecoveryStarted").await?, 1);
         assert_eq!(w.events("SpotkubeRecovered").await?, 1);
+        w.assert_queue_drained().await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let (min, samples) = web.finish().await;
         assert!(samples > 100, "only {samples} samples");
@@ -590,6 +605,7 @@ async fn fargate_refusing_the_pods_leaves_the_workload_served_on_spot() -> anyho
         assert_eq!(w.events("SpotkubeFargateFailover").await?, 1);
         assert_eq!(annotation(&w.web().await?, STATE).as_deref(), Some("spot"));
         w.kill_doomed().await?;
+        w.assert_queue_drained().await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let (min, samples) = web.finish().await;
         assert!(samples > 20, "only {samples} samples");
@@ -710,6 +726,7 @@ async fn a_leader_killed_mid_failover_and_mid_recovery_is_finished_by_the_standb
             .list(&ListParams::default().labels("app=web"))
             .await?;
         assert_eq!(replica_sets.items.len(), 2, "a rollout was doubled");
+        w.assert_queue_drained().await?;
         let (min, samples) = web.finish().await;
         assert!(samples > 100, "only {samples} samples");
         assert!(min >= 1, "web had {min} ready endpoints at some point");
