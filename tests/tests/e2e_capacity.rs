@@ -823,3 +823,92 @@ async fn a_launch_template_pool_walks_the_ranking_past_offerings_out_of_capacity
     .await;
     test.report(result)
 }
+
+/// A rebalance recommendation spot cannot answer (the pool's spot group at MaxSize, no
+/// on-demand group) moves a `fallback: fargate` workload to Fargate at once, while there
+/// is time, with zero gap; the others stay on the node, which stays PreferNoSchedule.
+#[tokio::test]
+async fn a_rebalance_spot_cannot_replace_moves_fallback_fargate_workloads_early()
+-> anyhow::Result<()> {
+    let _alone = EXCLUSIVE.lock().await;
+    let s = Scenario::start_with("cap-fargate", Duration::from_secs(2), 1, 0).await?;
+    let result = async {
+        let cluster = Cluster::shared().await?;
+        let profile = format!("{}:spotkube.io/fargate=true", s.test.name);
+        let stand_in = spotkube_rig::fargate::FargateStandIn::shared(cluster).await?;
+        let _served = stand_in.serve(
+            profile.parse()?,
+            spotkube_rig::fargate::FargateOptions {
+                start_delay: Duration::from_secs(5),
+                ..Default::default()
+            },
+        );
+        workloads::create_on_pool(
+            &s.test.client,
+            &s.test.name,
+            "shop",
+            1,
+            (POOL, &s.test.name),
+        )
+        .await?;
+        let deployments: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+            Api::namespaced(s.test.client.clone(), &s.test.name);
+        let fallback = serde_json::json!({ "metadata": { "annotations": {
+            "spotkube.io/fallback": "fargate" } } });
+        deployments
+            .patch(
+                "shop",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&fallback),
+            )
+            .await?;
+        wait_for_ready_endpoints(
+            &s.test.client,
+            &s.test.name,
+            "shop",
+            1,
+            Duration::from_secs(60),
+        )
+        .await?;
+        let _controller = cluster
+            .start_controller(
+                s.options("only")
+                    .arg(format!("--fargate-profile={profile}")),
+            )
+            .await?;
+        let shop = EndpointWatch::start(&s.test.client, &s.test.name, "shop");
+        s.send(EventKind::RebalanceRecommendation).await?;
+        wait_for("shop on Fargate", Duration::from_secs(60), || async {
+            let on = s.nodes_of("shop").await?;
+            let d = deployments.get("shop").await?;
+            let state = d
+                .metadata
+                .annotations
+                .unwrap_or_default()
+                .get("spotkube.io/state")
+                .cloned();
+            let moved = state.as_deref() == Some("fargate")
+                && !on.is_empty()
+                && on.iter().all(|n| n.starts_with("fargate-ip-"));
+            Ok(moved.then_some(()))
+        })
+        .await?;
+        let d = deployments.get("shop").await?;
+        let reason = d.metadata.annotations.unwrap_or_default()["spotkube.io/reason"].clone();
+        assert!(
+            reason.contains("no spot replacement") && reason.contains("MaxSize"),
+            "{reason}"
+        );
+        // The rest waits on the node for an interruption that may never come.
+        for app in ["web", "api"] {
+            let on = s.nodes_of(app).await?;
+            assert!(on.iter().all(|n| *n == s.doomed.1), "{app} runs on {on:?}");
+        }
+        let (min, samples) = shop.finish().await;
+        assert!(samples > 20, "only {samples} samples");
+        assert!(min >= 1, "shop had {min} ready endpoints at some point");
+        Ok(())
+    }
+    .await;
+    s.test.report(result)
+}
