@@ -68,7 +68,7 @@ bench-api-load: tools build
 
 ## Issue 13: the rig's real kube-apiserver and kube-scheduler with release builds of
 ## spotkube's programs (SPOTKUBE_PROGRAMS_PROFILE=release). Figures in BENCHMARKS.md.
-.PHONY: bench-build bench-scheduler bench-admission bench-capacity
+.PHONY: bench-build bench-scheduler bench-admission bench-capacity bench-fargate
 bench-build:
 	$(CARGO) build --release -p spotkube-webhook -p spotkube-extender -p spotkube-controller --bins
 
@@ -87,6 +87,15 @@ bench-scheduler: tools bench-build
 bench-capacity: tools bench-build
 	SPOTKUBE_PROGRAMS_PROFILE=release SPOTKUBE_BENCH_REBALANCES=50 SPOTKUBE_BENCH_JOIN_DELAY=2 \
 	  $(CARGO) test -p spotkube-tests --test bench_capacity -- --ignored --nocapture
+
+## Issue 12: Fargate failover of 20 `fallback: fargate` workloads warned at once (the
+## Fargate stand-in's start delay 5 s), then the recovery loop's cost with 1,000
+## workloads on Fargate (cooldown running; all due without spot room), release
+## controller. Figures in BENCHMARKS.md.
+bench-fargate: tools bench-build
+	SPOTKUBE_PROGRAMS_PROFILE=release SPOTKUBE_BENCH_FARGATE_WORKLOADS=20 SPOTKUBE_BENCH_FARGATE_DELAY=5 \
+	  SPOTKUBE_BENCH_FARGATE_IDLE=1000 SPOTKUBE_BENCH_WINDOW=60 SPOTKUBE_BENCH_OUT=/dev/stdout \
+	  $(CARGO) test -p spotkube-tests --test bench_fargate -- --ignored --nocapture --test-threads=1
 
 ## Pod CREATE latency through kube-apiserver: no webhook call / webhook called without
 ## a patch / webhook mutating, 500 creates each in alternating blocks of 50.
