@@ -907,6 +907,11 @@ async fn a_rebalance_spot_cannot_replace_moves_fallback_fargate_workloads_early(
         let (min, samples) = shop.finish().await;
         assert!(samples > 20, "only {samples} samples");
         assert!(min >= 1, "shop had {min} ready endpoints at some point");
+        // The node stays marked until its expiry: gone with the test, so the next test's
+        // leader (every capacity loop is cluster-wide) has nothing of it to expire.
+        Api::<Node>::all(s.test.client.clone())
+            .delete(&s.doomed.1, &kube::api::DeleteParams::default())
+            .await?;
         Ok(())
     }
     .await;
