@@ -148,6 +148,12 @@ impl Program {
             .map_err(|e| RigError::Http(e.to_string()))?;
         resp.text().await.map_err(|e| RigError::Http(e.to_string()))
     }
+
+    /// Whether this controller replica leads now (`spotkube_controller_leader` is 1).
+    pub async fn is_leader(&self) -> Result<bool, RigError> {
+        let metrics = self.metrics().await?;
+        Ok(crate::faults::metric_value(&metrics, "spotkube_controller_leader") == Some(1.0))
+    }
 }
 
 impl Cluster {

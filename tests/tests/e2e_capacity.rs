@@ -22,8 +22,8 @@ use spotkube_rig::aws::{EventKind, Moto, Queues, TEST_AMI};
 use spotkube_rig::faults::{self, NothingLost, POOL, Protection, metric_value};
 use spotkube_rig::programs::ProgramOptions;
 use spotkube_rig::{
-    Cluster, EndpointWatch, FakeNode, Program, Registrar, RegistrarOptions, TestNamespace,
-    wait_for, wait_for_ready_endpoints, wait_for_rollout, workloads,
+    Cluster, EndpointWatch, FakeNode, Registrar, RegistrarOptions, TestNamespace, wait_for,
+    wait_for_ready_endpoints, wait_for_rollout, workloads,
 };
 use spotkube_shared::ranking::Ranking;
 
@@ -205,10 +205,6 @@ impl Scenario {
             .filter_map(|p| p.spec.and_then(|s| s.node_name))
             .collect())
     }
-}
-
-async fn is_leader(program: &Program) -> anyhow::Result<bool> {
-    Ok(metric_value(&program.metrics().await?, "spotkube_controller_leader") == Some(1.0))
 }
 
 fn counter(metrics: &str, series: &str) -> f64 {
@@ -444,7 +440,7 @@ async fn a_leader_killed_between_scale_up_and_drain_leaves_the_plan_to_the_next(
         let cluster = Cluster::shared().await?;
         let mut first = cluster.start_controller(s.options("first")).await?;
         wait_for("first leads", Duration::from_secs(30), || async {
-            Ok(is_leader(&first).await?.then_some(()))
+            Ok(first.is_leader().await?.then_some(()))
         })
         .await?;
         let mut standby = s.options("second");
@@ -464,7 +460,7 @@ async fn a_leader_killed_between_scale_up_and_drain_leaves_the_plan_to_the_next(
         .await?;
         first.process.kill();
         wait_for("second leads", Duration::from_secs(30), || async {
-            Ok(is_leader(&second).await?.then_some(()))
+            Ok(second.is_leader().await?.then_some(()))
         })
         .await?;
         s.replaced_in(&s.spot, Duration::from_secs(120)).await?;

@@ -384,11 +384,6 @@ async fn lease(test: &TestNamespace) -> anyhow::Result<Option<(String, jiff::Tim
         .and_then(|s| Some((s.holder_identity?, s.renew_time?.0))))
 }
 
-async fn is_leader(program: &Program) -> anyhow::Result<bool> {
-    let metrics = program.metrics().await?;
-    Ok(metric_value(&metrics, "spotkube_controller_leader") == Some(1.0))
-}
-
 async fn readyz(program: &Program) -> anyhow::Result<u16> {
     Ok(reqwest::get(format!("{}/readyz", program.admin_url()))
         .await?
@@ -407,7 +402,7 @@ async fn a_leader_that_cannot_renew_stops_before_its_lease_expires() -> anyhow::
                 .start_controller(s.options().arg("--identity=first"))
                 .await?;
             wait_for("first leads", Duration::from_secs(20), || async {
-                Ok(is_leader(&first).await?.then_some(()))
+                Ok(first.is_leader().await?.then_some(()))
             })
             .await?;
             let mut options = s.options().arg("--identity=second");
@@ -442,7 +437,7 @@ async fn a_leader_that_cannot_renew_stops_before_its_lease_expires() -> anyhow::
         anyhow::ensure!(holder == "first", "holder {holder}");
         // Lease duration 3 s, renew deadline 2.5 s: the first stops acting...
         wait_for("first stops acting", Duration::from_secs(6), || async {
-            Ok((!is_leader(&first).await?).then_some(()))
+            Ok((!first.is_leader().await?).then_some(()))
         })
         .await?;
         let stopped = jiff::Timestamp::now();
@@ -450,7 +445,7 @@ async fn a_leader_that_cannot_renew_stops_before_its_lease_expires() -> anyhow::
         let acquired = wait_for("second takes over", Duration::from_secs(20), || async {
             let lease = leases.get("spotkube-controller").await?.spec.unwrap_or_default();
             let holds = lease.holder_identity.as_deref() == Some("second");
-            Ok((holds && is_leader(&second).await?)
+            Ok((holds && second.is_leader().await?)
                 .then_some(lease.acquire_time.map(|t| t.0)))
         })
         .await?
@@ -481,7 +476,7 @@ async fn a_leader_that_cannot_renew_stops_before_its_lease_expires() -> anyhow::
                 .items
                 .len();
             anyhow::ensure!(sets == 2, "{sets} ReplicaSets: web surged more than once");
-            anyhow::ensure!(!is_leader(&first).await?, "the first acts again");
+            anyhow::ensure!(!first.is_leader().await?, "the first acts again");
             let restarts: Vec<_> = s
                 .event_reasons("Deployment", "web")
                 .await?

@@ -616,11 +616,6 @@ async fn fargate_refusing_the_pods_leaves_the_workload_served_on_spot() -> anyho
     w.test.report(result)
 }
 
-async fn is_leader(program: &Program) -> anyhow::Result<bool> {
-    let metrics = program.metrics().await?;
-    Ok(spotkube_rig::faults::metric_value(&metrics, "spotkube_controller_leader") == Some(1.0))
-}
-
 /// Starts controller `identity` as a standby (returns once it answers).
 async fn standby(w: &World, identity: &str) -> anyhow::Result<Program> {
     let mut options = w.controller_options(identity);
@@ -650,7 +645,7 @@ async fn a_leader_killed_mid_failover_and_mid_recovery_is_finished_by_the_standb
             .start_controller(w.controller_options("first"))
             .await?;
         wait_for("first leads", Duration::from_secs(30), || async {
-            Ok(is_leader(&first).await?.then_some(()))
+            Ok(first.is_leader().await?.then_some(()))
         })
         .await?;
         let second = standby(&w, "second").await?;
@@ -668,7 +663,7 @@ async fn a_leader_killed_mid_failover_and_mid_recovery_is_finished_by_the_standb
             "the failover was already over"
         );
         wait_for("second leads", Duration::from_secs(30), || async {
-            Ok(is_leader(&second).await?.then_some(()))
+            Ok(second.is_leader().await?.then_some(()))
         })
         .await?;
         w.wait_settled("fargate", Duration::from_secs(60)).await?;
@@ -698,7 +693,7 @@ async fn a_leader_killed_mid_failover_and_mid_recovery_is_finished_by_the_standb
         held.wait_holding(Duration::from_secs(30)).await?;
         second.process.kill();
         wait_for("third leads", Duration::from_secs(30), || async {
-            Ok(is_leader(&third).await?.then_some(()))
+            Ok(third.is_leader().await?.then_some(()))
         })
         .await?;
         assert_eq!(

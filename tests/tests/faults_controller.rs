@@ -17,8 +17,8 @@ use kube::api::{Api, ListParams};
 use serde_json::json;
 use spotkube_rig::aws::{EventKind, HoldAt, Moto, Queues};
 use spotkube_rig::faults::{
-    self, NothingLost, POOL, Protection, SilentWebhook, env_count, histogram_quantile,
-    metric_value, node_marked, node_touched, pods_on, quantile,
+    self, NothingLost, POOL, Protection, SilentWebhook, env_count, histogram_quantile, node_marked,
+    node_touched, pods_on, quantile,
 };
 use spotkube_rig::programs::ProgramOptions;
 use spotkube_rig::{
@@ -49,11 +49,6 @@ const MAX_RECEIVE: u32 = 5;
 /// A moto of the test's own (holds are per moto process), alive until the binary exits.
 async fn private_moto() -> anyhow::Result<&'static Moto> {
     Ok(Box::leak(Box::new(Moto::start().await?)))
-}
-
-async fn is_leader(program: &Program) -> anyhow::Result<bool> {
-    let metrics = program.metrics().await?;
-    Ok(metric_value(&metrics, "spotkube_controller_leader") == Some(1.0))
 }
 
 /// Deployment `name` of `replicas` pause pods on the test's pool, grace period 1 s,
@@ -166,7 +161,7 @@ impl Run {
         let cluster = Cluster::shared().await?;
         let first = cluster.start_controller(self.options("first")).await?;
         wait_for("first leads", Duration::from_secs(30), || async {
-            Ok(is_leader(&first).await?.then_some(()))
+            Ok(first.is_leader().await?.then_some(()))
         })
         .await?;
         let mut options = self.options("second");
@@ -181,7 +176,7 @@ impl Run {
                 .map(|_| ()))
         })
         .await?;
-        anyhow::ensure!(!is_leader(&second).await?, "two leaders");
+        anyhow::ensure!(!second.is_leader().await?, "two leaders");
         Ok((first, second))
     }
 
@@ -390,7 +385,7 @@ async fn kill_run(step: Step, moto: &'static Moto) -> anyhow::Result<(faults::Le
         }
         run.moto.release().await?;
         wait_for("the standby leads", Duration::from_secs(30), || async {
-            Ok(is_leader(&second).await?.then_some(()))
+            Ok(second.is_leader().await?.then_some(()))
         })
         .await?;
         wait_for("node marked", Duration::from_secs(60), || async {
@@ -852,7 +847,7 @@ async fn apiserver_restart(
         )
         .await?;
     wait_for("the controller leads", Duration::from_secs(30), || async {
-        Ok(is_leader(&controller).await?.then_some(()))
+        Ok(controller.is_leader().await?.then_some(()))
     })
     .await?;
 
@@ -955,7 +950,7 @@ async fn apiserver_restart(
         .sum();
     anyhow::ensure!(filters >= 1.0, "the extender was never asked to filter");
     anyhow::ensure!(
-        is_leader(&controller).await?,
+        controller.is_leader().await?,
         "the controller lost its lead"
     );
     println!(
