@@ -17,6 +17,10 @@ use spotkube_extender::metrics::Metrics;
 use spotkube_extender::server::{AppState, Limits, router};
 use spotkube_shared::ranking::{RankedType, Ranking, SCHEMA_VERSION};
 
+/// The program's allocator, so the figures are the program's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const NODES: usize = 5000;
 const SEQUENTIAL: usize = 400;
 /// Names-mode calls take about a millisecond: enough of them for a stable p99.

@@ -17,6 +17,10 @@ use spotkube_webhook::mutate::{self, MutationConfig};
 use spotkube_webhook::namespaces::NamespaceCache;
 use spotkube_webhook::{AdmissionState, DEFAULT_MAX_BODY_BYTES};
 
+/// The program's allocator, so the figures are the program's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     telemetry::install_crypto_provider();
