@@ -282,7 +282,7 @@ impl Intake {
         let marks = decide::node_marks(event, &node_view, now, &self.planning);
         let marked = node_view.after(&marks);
         tracing::debug!(?marks, "decided on the node");
-        let marking = self.actor.execute(node_name, marks, received).await;
+        let marking = self.actor.execute_on(&node, marks, received).await;
         // The replacement is asked for beside the protection, never before it: a surge
         // does not wait for capacity to be recorded.
         let protecting = async {

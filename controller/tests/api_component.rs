@@ -150,6 +150,17 @@ fn intake(script: Vec<Expect>) -> (Intake, mock::Served) {
     (intake, served)
 }
 
+/// A patch of the Node that must be made under `resource_version` (the read it was
+/// decided on).
+fn node_patch_under(resource_version: &'static str) -> Expect {
+    Expect::patch(NODE).checks(move |body| {
+        ensure(
+            body["metadata"]["resourceVersion"] == json!(resource_version),
+            format!("patched under resourceVersion {resource_version}: {body}"),
+        )
+    })
+}
+
 #[tokio::test]
 async fn intake_outcomes_delete_what_is_done_or_not_ours_and_keep_the_rest() {
     // The mapping itself: only Done and NotOurs delete the message.
@@ -197,12 +208,31 @@ async fn intake_outcomes_delete_what_is_done_or_not_ours_and_keep_the_rest() {
             Outcome::Failed,
         ),
         (
+            // One read: the taint is patched under the resourceVersion the decision
+            // was made on.
             "an acted-on node",
             spot_warning(INSTANCE),
             vec![
                 Expect::get(NODE).returns(mock::node("spot-a", INSTANCE, "1")),
+                node_patch_under("1").returns(mock::node("spot-a", INSTANCE, "2")),
+                Expect::get("/api/v1/pods")
+                    .with_query("fieldSelector=spec.nodeName%3Dspot-a")
+                    .returns(
+                        json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}),
+                    ),
+            ],
+            Outcome::Done,
+        ),
+        (
+            // The Node changed between the read and the patch: it is read again and
+            // patched under the new resourceVersion.
+            "a node that changed after it was read",
+            spot_warning(INSTANCE),
+            vec![
                 Expect::get(NODE).returns(mock::node("spot-a", INSTANCE, "1")),
-                Expect::patch(NODE).returns(mock::node("spot-a", INSTANCE, "2")),
+                Expect::patch(NODE).fails(409, "Conflict"),
+                Expect::get(NODE).returns(mock::node("spot-a", INSTANCE, "5")),
+                node_patch_under("5").returns(mock::node("spot-a", INSTANCE, "6")),
                 Expect::get("/api/v1/pods")
                     .with_query("fieldSelector=spec.nodeName%3Dspot-a")
                     .returns(
@@ -217,7 +247,6 @@ async fn intake_outcomes_delete_what_is_done_or_not_ours_and_keep_the_rest() {
             "a node whose pods cannot be read",
             spot_warning(INSTANCE),
             vec![
-                Expect::get(NODE).returns(mock::node("spot-a", INSTANCE, "1")),
                 Expect::get(NODE).returns(mock::node("spot-a", INSTANCE, "1")),
                 Expect::patch(NODE)
                     .checks(|body| {

@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::core::v1::{Node, ObjectReference};
 use kube::runtime::events::EventType;
 use tracing::Instrument;
 
@@ -89,14 +89,41 @@ impl Actor {
         actions: Vec<Action>,
         received: Instant,
     ) -> Result<()> {
+        self.execute_seen(node_name, None, actions, received).await
+    }
+
+    /// [`Actor::execute`] for a Node the caller has just read: the first taint change
+    /// starts from `seen` instead of reading the Node again.
+    pub async fn execute_on(
+        &self,
+        node: &Node,
+        actions: Vec<Action>,
+        received: Instant,
+    ) -> Result<()> {
+        let name = node.metadata.name.as_deref().unwrap_or_default();
+        self.execute_seen(name, Some(node), actions, received).await
+    }
+
+    async fn execute_seen(
+        &self,
+        node_name: &str,
+        mut seen: Option<&Node>,
+        actions: Vec<Action>,
+        received: Instant,
+    ) -> Result<()> {
         let attempted = actions.len();
         let mut failures = Vec::new();
         for action in actions {
             let label = action_label(&action);
             let object = object_of(&action, node_name);
             let span = tracing::info_span!("action", action = label, object = %object.display());
+            // Only the first change of the Node may start from what was read before it.
+            let seen = match action {
+                Action::MarkNode { .. } | Action::CleanNode { .. } => seen.take(),
+                _ => None,
+            };
             let result = self
-                .act(node_name, action, received)
+                .act(node_name, seen, action, received)
                 .instrument(span.clone())
                 .await;
             self.ctx.metrics.action_result(label, &result);
@@ -116,14 +143,20 @@ impl Actor {
         Error::collect(failures, attempted)
     }
 
-    async fn act(&self, node_name: &str, action: Action, received: Instant) -> Result<()> {
+    async fn act(
+        &self,
+        node_name: &str,
+        seen: Option<&Node>,
+        action: Action,
+        received: Instant,
+    ) -> Result<()> {
         match action {
             Action::MarkNode {
                 effect,
                 cordon,
                 notice,
             } => {
-                let r = taint::mark(self, node_name, effect, cordon, &notice).await;
+                let r = taint::mark(self, node_name, seen, effect, cordon, &notice).await;
                 if r.is_ok() {
                     self.ctx
                         .metrics
@@ -132,7 +165,7 @@ impl Actor {
                 }
                 r
             }
-            Action::CleanNode { uncordon } => taint::clean(self, node_name, uncordon).await,
+            Action::CleanNode { uncordon } => taint::clean(self, node_name, seen, uncordon).await,
             Action::GuardEvictions {
                 namespace,
                 name,
@@ -212,7 +245,9 @@ impl Actor {
                             )
                             .await;
                         match instead {
-                            Some(action) => Box::pin(self.act(node_name, *action, received)).await,
+                            Some(action) => {
+                                Box::pin(self.act(node_name, None, *action, received)).await
+                            }
                             None => Ok(()),
                         }
                     }

@@ -21,6 +21,7 @@ const ATTEMPTS: usize = 5;
 pub async fn mark(
     actor: &Actor,
     node_name: &str,
+    seen: Option<&Node>,
     effect: TaintEffect,
     cordon: bool,
     notice: &InterruptionNotice,
@@ -29,6 +30,7 @@ pub async fn mark(
     let node = patch_taints(
         &nodes,
         node_name,
+        seen,
         |taints| {
             taints.retain(|t| t.key != INTERRUPTION_TAINT);
             taints.push(Taint {
@@ -79,11 +81,17 @@ pub async fn mark(
 /// Removes spotkube's taint and notice, and its cordon when the instance came back
 /// (`uncordon`). The Node itself is never deleted: that is the cloud provider's and
 /// the node lifecycle controller's job.
-pub async fn clean(actor: &Actor, node_name: &str, uncordon: bool) -> Result<()> {
+pub async fn clean(
+    actor: &Actor,
+    node_name: &str,
+    seen: Option<&Node>,
+    uncordon: bool,
+) -> Result<()> {
     let nodes: Api<Node> = Api::all(actor.ctx.client.clone());
     let node = patch_taints(
         &nodes,
         node_name,
+        seen,
         |taints| taints.retain(|t| t.key != INTERRUPTION_TAINT),
         |spec| {
             if uncordon {
@@ -110,19 +118,27 @@ pub async fn clean(actor: &Actor, node_name: &str, uncordon: bool) -> Result<()>
     Ok(())
 }
 
+/// Patches the Node's taints under the resourceVersion they were read at. The first
+/// attempt starts from `seen` when the caller has just read the Node (one GET fewer on
+/// the path from an interruption warning to its taint); a conflict reads it again.
 async fn patch_taints(
     nodes: &Api<Node>,
     name: &str,
+    seen: Option<&Node>,
     edit: impl Fn(&mut Vec<Taint>),
     spec_extra: impl Fn(&mut serde_json::Value),
     annotations: serde_json::Value,
 ) -> Result<Node> {
     let mut last = None;
+    let mut seen = seen.cloned();
     for _ in 0..ATTEMPTS {
-        let node = nodes
-            .get(name)
-            .await
-            .kube("get", format_args!("node/{name}"))?;
+        let node = match seen.take() {
+            Some(node) => node,
+            None => nodes
+                .get(name)
+                .await
+                .kube("get", format_args!("node/{name}"))?,
+        };
         let mut taints = node
             .spec
             .as_ref()

@@ -251,7 +251,7 @@ async fn handle(actor: &Actor, settings: &external::Settings, name: &str) -> Res
         if !clean.is_empty() {
             tracing::info!("the external signal is gone: spotkube's marks go");
         }
-        return actor.execute(name, clean, received).await;
+        return actor.execute_on(&node, clean, received).await;
     };
     let now = Timestamp::now();
     let key = external::key(&signal, name, node.uid().as_deref().unwrap_or_default());
