@@ -176,6 +176,7 @@ pub async fn run(args: RunArgs, admin_listen: SocketAddr) -> Result<()> {
                 },
                 every: args.extender_probe_interval,
                 scheduler_name: args.scheduler_name.clone(),
+                window: Default::default(),
             }),
             None => None,
         },

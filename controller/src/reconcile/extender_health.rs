@@ -11,6 +11,7 @@
 //!   `PodScheduled` turned True while the extender was down.
 
 use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -31,6 +32,18 @@ pub struct Settings {
     pub every: Duration,
     /// The scheduler opted-in pods name.
     pub scheduler_name: String,
+    /// The counting window, shared by this process's leadership terms.
+    pub window: Arc<Mutex<Window>>,
+}
+
+/// Since when the extender is down, and the pods already counted in that window. Kept
+/// across the leadership terms of one process: a term that ends and starts again (a
+/// renewal missed under load) continues the window, where a fresh one would start after
+/// pods already bound and never count them.
+#[derive(Debug, Default)]
+pub struct Window {
+    down_since: Option<Timestamp>,
+    counted: HashSet<String>,
 }
 
 /// When `pod` was bound, if it is.
@@ -92,25 +105,28 @@ pub async fn run(ctx: Context, settings: Settings, stop: CancellationToken) {
     };
     let pods: Api<Pod> = Api::all(ctx.client.clone());
     let selector = format!("spec.schedulerName={}", settings.scheduler_name);
-    // Since when the extender is down, and the pods already counted in that window.
-    let mut down_since: Option<Timestamp> = None;
-    let mut counted = HashSet::new();
     loop {
         let now = Timestamp::now();
         let up = probe(&http, &settings.url).await;
         ctx.metrics.extender_up.set(i64::from(up));
-        if !up && down_since.is_none() {
-            tracing::warn!(url = %settings.url, "the extender does not answer: pods are scheduled without its filter and prices");
-            // Conditions carry whole seconds: start the window at the second.
-            down_since = Timestamp::from_second(now.as_second()).ok();
-        }
+        // No lock is held across an await: each step takes the window briefly.
+        let down_since = {
+            let mut window = settings.window.lock().expect("window lock");
+            if !up && window.down_since.is_none() {
+                tracing::warn!(url = %settings.url, "the extender does not answer: pods are scheduled without its filter and prices");
+                // Conditions carry whole seconds: start the window at the second.
+                window.down_since = Timestamp::from_second(now.as_second()).ok();
+            }
+            window.down_since
+        };
         // While down, and once more when it is back (for the binds since the last look).
         if let Some(since) = down_since {
             match pods.list(&ListParams::default().fields(&selector)).await {
                 Ok(list) => {
+                    let mut window = settings.window.lock().expect("window lock");
                     for pod in &list.items {
                         let in_window = bound_at(pod).is_some_and(|t| t >= since && t <= now);
-                        if in_window && counted.insert(pod.uid().unwrap_or_default()) {
+                        if in_window && window.counted.insert(pod.uid().unwrap_or_default()) {
                             ctx.metrics.pods_scheduled_without_extender.inc();
                         }
                     }
@@ -118,9 +134,9 @@ pub async fn run(ctx: Context, settings: Settings, stop: CancellationToken) {
                 Err(error) => tracing::warn!(%error, "listing the scheduler's pods failed"),
             }
             if up {
-                tracing::info!(url = %settings.url, unpriced = counted.len(), "the extender answers again");
-                down_since = None;
-                counted.clear();
+                let mut window = settings.window.lock().expect("window lock");
+                tracing::info!(url = %settings.url, unpriced = window.counted.len(), "the extender answers again");
+                *window = Window::default();
             }
         }
         if !super::tick(settings.every, &stop).await {
