@@ -180,6 +180,46 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
     Some(Duration::from_millis(ticks * 1000 / hz))
 }
 
+/// Time on a CPU and time runnable but waiting for one (`/proc/PID/task/*/schedstat`),
+/// summed over the process's threads: the wait shows what a busy machine's run queue
+/// adds to a process that blocks and wakes often.
+pub fn schedstat(pid: u32) -> Option<(Duration, Duration)> {
+    let mut on_cpu = 0u64;
+    let mut waiting = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let Ok(line) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue; // the thread ended meanwhile
+        };
+        let mut fields = line
+            .split_whitespace()
+            .map(|f| f.parse::<u64>().unwrap_or(0));
+        on_cpu += fields.next().unwrap_or(0);
+        waiting += fields.next().unwrap_or(0);
+    }
+    Some((Duration::from_nanos(on_cpu), Duration::from_nanos(waiting)))
+}
+
+/// CPU time the whole machine has spent busy (every core; `/proc/stat`, all but idle
+/// and iowait).
+pub fn machine_busy() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let idle = ticks.get(3)? + ticks.get(4)?;
+    let busy = ticks.iter().take(8).sum::<u64>() - idle;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(Duration::from_millis(busy * 1000 / hz))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,11 @@
 //! its secure port every 100 ms, between 10 % and 90 % of the run's pods. The two
 //! alternate, `$SPOTKUBE_BENCH_ROUNDS` times (default 1; each round swaps which goes
 //! first). `$SPOTKUBE_BENCH_FILTER=0` also runs `extender-nofilter` (the shipped entry
-//! without `filterVerb`). Figures go to stderr and to `$SPOTKUBE_BENCH_OUT` when set;
+//! without `filterVerb`). `$SPOTKUBE_BENCH_TRIVIAL=1` also runs `trivial-extender`: the
+//! shipped entry pointed at an extender served from this process that decides nothing
+//! (every candidate passes, no scores), which measures what the extender protocol
+//! itself costs kube-scheduler. `$SPOTKUBE_BENCH_WARMUP` plain runs go first, not
+//! counted. Figures go to stderr and to `$SPOTKUBE_BENCH_OUT` when set;
 //! nothing about time is asserted. Ignored by default: it is a benchmark.
 //!
 //! Both profiles get an API client QPS and burst of `$SPOTKUBE_BENCH_SCHEDULER_QPS`
@@ -24,7 +28,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
 use spotkube_rig::bench::{
-    create_spot_nodes, env_or, load_average, median, metric_sum, snapshot_ranking,
+    create_spot_nodes, env_or, load_average, machine_busy, median, metric_sum, schedstat,
+    snapshot_ranking,
 };
 use spotkube_rig::programs::ProgramOptions;
 use spotkube_rig::{Cluster, ExtenderConfig, wait_for};
@@ -34,6 +39,7 @@ enum Mode {
     Vanilla,
     Extender,
     ExtenderNoFilter,
+    Trivial,
 }
 
 impl Mode {
@@ -42,6 +48,7 @@ impl Mode {
             Mode::Vanilla => "vanilla",
             Mode::Extender => "extender",
             Mode::ExtenderNoFilter => "extender-nofilter",
+            Mode::Trivial => "trivial-extender",
         }
     }
 }
@@ -79,7 +86,42 @@ fn throughput(samples: &[(Duration, f64)], total: usize) -> Option<f64> {
     (t90 > t10).then(|| total as f64 * 0.8 / (t90 - t10))
 }
 
-#[tokio::test]
+/// An extender that decides nothing, so that what remains is the protocol's cost:
+/// filter passes every candidate, prioritize scores none (an empty list adds nothing to
+/// any node). Served on 127.0.0.1 with keep-alive and `TCP_NODELAY`, as spotkube's is.
+async fn serve_trivial_extender() -> anyhow::Result<String> {
+    use axum::body::Bytes;
+    use axum::routing::post;
+    use axum::serve::ListenerExt;
+
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Args {
+        #[serde(default)]
+        node_names: Vec<String>,
+    }
+    let app = axum::Router::new()
+        .route(
+            "/filter",
+            post(|body: Bytes| async move {
+                let names = serde_json::from_slice::<Args>(&body)
+                    .map(|a| a.node_names)
+                    .unwrap_or_default();
+                axum::Json(json!({"NodeNames": names, "FailedNodes": {}, "Error": ""}))
+            }),
+        )
+        .route("/prioritize", post(|| async { axum::Json(json!([])) }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(url)
+}
+
+// Two workers, as a program gets: the trivial extender is served from this runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: make bench-scheduler"]
 async fn scheduler_throughput_with_and_without_the_extender() -> anyhow::Result<()> {
     let cluster = Cluster::shared().await?;
@@ -92,6 +134,8 @@ async fn bench(cluster: &Cluster, ns: &str, client: &kube::Client) -> anyhow::Re
     let pods: usize = env_or("SPOTKUBE_BENCH_PODS", 200);
     let rounds: usize = env_or("SPOTKUBE_BENCH_ROUNDS", 1);
     let with_nofilter = std::env::var("SPOTKUBE_BENCH_FILTER").as_deref() == Ok("0");
+    let with_trivial = std::env::var("SPOTKUBE_BENCH_TRIVIAL").as_deref() == Ok("1");
+    let warmup: usize = env_or("SPOTKUBE_BENCH_WARMUP", 0);
     // kube-scheduler's default client QPS (50) would cap both profiles at ~50 binds/s.
     let client_qps: u32 = env_or("SPOTKUBE_BENCH_SCHEDULER_QPS", 5000);
 
@@ -133,11 +177,25 @@ async fn bench(cluster: &Cluster, ns: &str, client: &kube::Client) -> anyhow::Re
     if with_nofilter {
         modes.push(Mode::ExtenderNoFilter);
     }
+    let trivial = match with_trivial {
+        true => {
+            modes.push(Mode::Trivial);
+            Some(serve_trivial_extender().await?)
+        }
+        false => None,
+    };
     let mut results: Vec<(Mode, f64)> = Vec::new();
     let mut report = String::new();
-    for round in 0..rounds {
-        let mut order = modes.clone();
-        if round % 2 == 1 {
+    // Warm-up rounds run the plain profile once each and are not counted: the first
+    // runs on a fresh control plane are the slowest (at 5,000 nodes, runs kept getting
+    // faster for minutes), which would favour whichever mode goes last.
+    for round in 0..warmup + rounds {
+        let warming = round < warmup;
+        let mut order = match warming {
+            true => vec![Mode::Vanilla],
+            false => modes.clone(),
+        };
+        if !warming && (round - warmup) % 2 == 1 {
             order.reverse();
         }
         for mode in order {
@@ -164,12 +222,24 @@ async fn bench(cluster: &Cluster, ns: &str, client: &kube::Client) -> anyhow::Re
                     config.filter_verb = None;
                     vec![config]
                 }
+                Mode::Trivial => vec![ExtenderConfig::shipped(
+                    trivial.clone().expect("served when the mode is on"),
+                )],
             };
             let load_before = load_average();
             let (process, port) = cluster
                 .start_scheduler_with_port(&scheduler, &extenders, Some(client_qps))
                 .await?;
             let t0 = Instant::now();
+            // Where the time per pod goes: kube-scheduler on a CPU and waiting for one,
+            // the extender's CPU, the whole machine's CPU (from here to the last bind).
+            let scheduler_pid = process.pid().unwrap_or_default();
+            let extender_pid = extender.process.pid().unwrap_or_default();
+            let cpu0 = (
+                schedstat(scheduler_pid),
+                schedstat(extender_pid),
+                machine_busy(),
+            );
             let mut samples = Vec::new();
             let labels = [("profile", scheduler.as_str()), ("result", "scheduled")];
             let deadline = t0 + Duration::from_secs(600);
@@ -189,6 +259,27 @@ async fn bench(cluster: &Cluster, ns: &str, client: &kube::Client) -> anyhow::Re
                 );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+            let cpu1 = (
+                schedstat(scheduler_pid),
+                schedstat(extender_pid),
+                machine_busy(),
+            );
+            let per_pod = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
+                (Some(a), Some(b)) => format!("{:.0}", (b - a).as_micros() as f64 / pods as f64),
+                _ => "?".into(),
+            };
+            let cost = format!(
+                "per pod (us): scheduler cpu {} wait {}, extender cpu {}, machine cpu {}",
+                per_pod(cpu0.0.map(|c| c.0), cpu1.0.map(|c| c.0)),
+                per_pod(cpu0.0.map(|c| c.1), cpu1.0.map(|c| c.1)),
+                match mode {
+                    Mode::Extender | Mode::ExtenderNoFilter => {
+                        per_pod(cpu0.1.map(|c| c.0), cpu1.1.map(|c| c.0))
+                    }
+                    _ => "-".into(),
+                },
+                per_pod(cpu0.2, cpu1.2),
+            );
             let text = cluster.component_metrics(&http, port).await?;
             let failed = metric_sum(
                 &text,
@@ -204,7 +295,7 @@ async fn bench(cluster: &Cluster, ns: &str, client: &kube::Client) -> anyhow::Re
                 .ok_or_else(|| anyhow::anyhow!("{scheduler}: no 10 %..90 % window"))?;
             let line = format!(
                 "round {round} {:<18} {nodes} nodes {pods} pods: {rate:7.1} pods/s (10-90 %), \
-                 all scheduled in {:.1} s, failed attempts {}, load {load_before}\n",
+                 all scheduled in {:.1} s, failed attempts {}, load {load_before}; {cost}\n",
                 mode.as_str(),
                 samples
                     .last()
@@ -212,9 +303,14 @@ async fn bench(cluster: &Cluster, ns: &str, client: &kube::Client) -> anyhow::Re
                     .unwrap_or_default(),
                 failed + 0.0,
             );
-            eprint!("{line}");
-            report.push_str(&line);
-            results.push((mode, rate));
+            match warming {
+                true => eprint!("warm-up, not counted: {line}"),
+                false => {
+                    eprint!("{line}");
+                    report.push_str(&line);
+                    results.push((mode, rate));
+                }
+            }
 
             api.delete_collection(
                 &DeleteParams {
