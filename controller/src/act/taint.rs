@@ -1,6 +1,8 @@
 //! Node actions: taint + cordon + notice in one optimistic-concurrency patch, and the
 //! clean-up when the instance is gone.
 
+use std::borrow::Cow;
+
 use k8s_openapi::api::core::v1::{Node, Taint};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::EventType;
@@ -130,14 +132,17 @@ async fn patch_taints(
     annotations: serde_json::Value,
 ) -> Result<Node> {
     let mut last = None;
-    let mut seen = seen.cloned();
+    // Borrowed, not cloned: only the taints and the resourceVersion are read from it.
+    let mut seen = seen.map(Cow::Borrowed);
     for _ in 0..ATTEMPTS {
         let node = match seen.take() {
             Some(node) => node,
-            None => nodes
-                .get(name)
-                .await
-                .kube("get", format_args!("node/{name}"))?,
+            None => Cow::Owned(
+                nodes
+                    .get(name)
+                    .await
+                    .kube("get", format_args!("node/{name}"))?,
+            ),
         };
         let mut taints = node
             .spec
