@@ -46,6 +46,11 @@ fn patched_under(version: &'static str) -> impl Fn(&Value) -> Result<(), String>
     }
 }
 
+/// The list of the pods on node `spot-a`, as the controller asks for it.
+fn pods_on_spot_a() -> Expect {
+    Expect::get("/api/v1/pods").with_query("fieldSelector=spec.nodeName%3Dspot-a")
+}
+
 /// `Err(what)` unless `holds`.
 fn ensure(holds: bool, what: impl Into<String>) -> Result<(), String> {
     if holds { Ok(()) } else { Err(what.into()) }
@@ -150,17 +155,6 @@ fn intake(script: Vec<Expect>) -> (Intake, mock::Served) {
     (intake, served)
 }
 
-/// A patch of the Node that must be made under `resource_version` (the read it was
-/// decided on).
-fn node_patch_under(resource_version: &'static str) -> Expect {
-    Expect::patch(NODE).checks(move |body| {
-        ensure(
-            body["metadata"]["resourceVersion"] == json!(resource_version),
-            format!("patched under resourceVersion {resource_version}: {body}"),
-        )
-    })
-}
-
 #[tokio::test]
 async fn intake_outcomes_delete_what_is_done_or_not_ours_and_keep_the_rest() {
     // The mapping itself: only Done and NotOurs delete the message.
@@ -214,12 +208,12 @@ async fn intake_outcomes_delete_what_is_done_or_not_ours_and_keep_the_rest() {
             spot_warning(INSTANCE),
             vec![
                 Expect::get(NODE).returns(mock::node("spot-a", INSTANCE, "1")),
-                node_patch_under("1").returns(mock::node("spot-a", INSTANCE, "2")),
-                Expect::get("/api/v1/pods")
-                    .with_query("fieldSelector=spec.nodeName%3Dspot-a")
-                    .returns(
-                        json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}),
-                    ),
+                Expect::patch(NODE)
+                    .checks(patched_under("1"))
+                    .returns(mock::node("spot-a", INSTANCE, "2")),
+                pods_on_spot_a().returns(
+                    json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}),
+                ),
             ],
             Outcome::Done,
         ),
@@ -232,12 +226,12 @@ async fn intake_outcomes_delete_what_is_done_or_not_ours_and_keep_the_rest() {
                 Expect::get(NODE).returns(mock::node("spot-a", INSTANCE, "1")),
                 Expect::patch(NODE).fails(409, "Conflict"),
                 Expect::get(NODE).returns(mock::node("spot-a", INSTANCE, "5")),
-                node_patch_under("5").returns(mock::node("spot-a", INSTANCE, "6")),
-                Expect::get("/api/v1/pods")
-                    .with_query("fieldSelector=spec.nodeName%3Dspot-a")
-                    .returns(
-                        json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}),
-                    ),
+                Expect::patch(NODE)
+                    .checks(patched_under("5"))
+                    .returns(mock::node("spot-a", INSTANCE, "6")),
+                pods_on_spot_a().returns(
+                    json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}),
+                ),
             ],
             Outcome::Done,
         ),
@@ -256,9 +250,7 @@ async fn intake_outcomes_delete_what_is_done_or_not_ours_and_keep_the_rest() {
                         )
                     })
                     .returns(mock::node("spot-a", INSTANCE, "2")),
-                Expect::get("/api/v1/pods")
-                    .with_query("fieldSelector=spec.nodeName%3Dspot-a")
-                    .fails(403, "Forbidden"),
+                pods_on_spot_a().fails(403, "Forbidden"),
             ],
             Outcome::Failed,
         ),
@@ -289,8 +281,7 @@ fn pod(name: &str, owner: Option<(&str, &str)>) -> Value {
 async fn owners_resolve_pod_to_replicaset_to_deployment_statefulset_and_bare_pod() {
     let apps = "/apis/apps/v1/namespaces/shop";
     let (client, served) = mock::client(vec![
-        Expect::get("/api/v1/pods")
-            .with_query("fieldSelector=spec.nodeName%3Dspot-a")
+        pods_on_spot_a()
             .returns(json!({
                 "apiVersion": "v1", "kind": "PodList", "metadata": {},
                 "items": [
@@ -591,12 +582,10 @@ async fn surges_of_an_older_version_are_found_page_by_page_and_labelled() {
 async fn owner_facts_are_cached_across_calls_and_deployments_read_every_time() {
     let apps = "/apis/apps/v1/namespaces/shop";
     let pods = || {
-        Expect::get("/api/v1/pods")
-            .with_query("fieldSelector=spec.nodeName%3Dspot-a")
-            .returns(json!({
-                "apiVersion": "v1", "kind": "PodList", "metadata": {},
-                "items": [pod("web-5d4f-x", Some(("ReplicaSet", "web-5d4f")))],
-            }))
+        pods_on_spot_a().returns(json!({
+            "apiVersion": "v1", "kind": "PodList", "metadata": {},
+            "items": [pod("web-5d4f-x", Some(("ReplicaSet", "web-5d4f")))],
+        }))
     };
     let web = |replicas: i32| Expect::get(WEB).returns(mock::deployment("1", replicas, json!({})));
     let (client, served) = mock::client(vec![

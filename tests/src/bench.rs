@@ -175,9 +175,14 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after ')'.
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(clock_ticks(ticks))
+}
+
+/// `ticks` of the kernel's clock (`/proc`'s CPU time unit) as a duration.
+fn clock_ticks(ticks: u64) -> Duration {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Some(Duration::from_millis(ticks * 1000 / hz))
+    Duration::from_millis(ticks * 1000 / hz)
 }
 
 /// Time on a CPU and time runnable but waiting for one (`/proc/PID/task/*/schedstat`),
@@ -215,9 +220,7 @@ pub fn machine_busy() -> Option<Duration> {
         .collect();
     let idle = ticks.get(3)? + ticks.get(4)?;
     let busy = ticks.iter().take(8).sum::<u64>() - idle;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Some(Duration::from_millis(busy * 1000 / hz))
+    Some(clock_ticks(busy))
 }
 
 #[cfg(test)]

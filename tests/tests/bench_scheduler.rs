@@ -86,6 +86,48 @@ fn throughput(samples: &[(Duration, f64)], total: usize) -> Option<f64> {
     (t90 > t10).then(|| total as f64 * 0.8 / (t90 - t10))
 }
 
+/// Cumulative CPU figures, read at the start and at the end of a run.
+struct Costs {
+    /// kube-scheduler's (on a CPU, waiting for one).
+    scheduler: Option<(Duration, Duration)>,
+    /// spotkube-extender's (on a CPU, waiting for one).
+    extender: Option<(Duration, Duration)>,
+    machine: Option<Duration>,
+}
+
+impl Costs {
+    fn read((scheduler, extender): (u32, u32)) -> Costs {
+        Costs {
+            scheduler: schedstat(scheduler),
+            extender: schedstat(extender),
+            machine: machine_busy(),
+        }
+    }
+
+    /// Per pod, in µs: kube-scheduler's CPU and run-queue wait, the extender's CPU
+    /// (only when the run called spotkube's), the machine's busy CPU.
+    fn per_pod_since(&self, start: &Costs, pods: usize, extender_called: bool) -> String {
+        let per_pod = |from: Option<Duration>, to: Option<Duration>| match (from, to) {
+            (Some(from), Some(to)) => {
+                format!("{:.0}", (to - from).as_micros() as f64 / pods as f64)
+            }
+            _ => "?".into(),
+        };
+        let on_cpu = |c: &Costs| c.scheduler.map(|s| s.0);
+        let waiting = |c: &Costs| c.scheduler.map(|s| s.1);
+        let extender = match extender_called {
+            true => per_pod(start.extender.map(|e| e.0), self.extender.map(|e| e.0)),
+            false => "-".into(),
+        };
+        format!(
+            "per pod (us): scheduler cpu {} wait {}, extender cpu {extender}, machine cpu {}",
+            per_pod(on_cpu(start), on_cpu(self)),
+            per_pod(waiting(start), waiting(self)),
+            per_pod(start.machine, self.machine),
+        )
+    }
+}
+
 /// An extender that decides nothing, so that what remains is the protocol's cost:
 /// filter passes every candidate, prioritize scores none (an empty list adds nothing to
 /// any node). Served on 127.0.0.1 with keep-alive and `TCP_NODELAY`, as spotkube's is.
@@ -231,15 +273,12 @@ async fn bench(cluster: &Cluster, ns: &str, client: &kube::Client) -> anyhow::Re
                 .start_scheduler_with_port(&scheduler, &extenders, Some(client_qps))
                 .await?;
             let t0 = Instant::now();
-            // Where the time per pod goes: kube-scheduler on a CPU and waiting for one,
-            // the extender's CPU, the whole machine's CPU (from here to the last bind).
-            let scheduler_pid = process.pid().unwrap_or_default();
-            let extender_pid = extender.process.pid().unwrap_or_default();
-            let cpu0 = (
-                schedstat(scheduler_pid),
-                schedstat(extender_pid),
-                machine_busy(),
+            // Where the time per pod goes, from here to the last bind.
+            let pids = (
+                process.pid().unwrap_or_default(),
+                extender.process.pid().unwrap_or_default(),
             );
+            let costs_at_start = Costs::read(pids);
             let mut samples = Vec::new();
             let labels = [("profile", scheduler.as_str()), ("result", "scheduled")];
             let deadline = t0 + Duration::from_secs(600);
@@ -259,27 +298,8 @@ async fn bench(cluster: &Cluster, ns: &str, client: &kube::Client) -> anyhow::Re
                 );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            let cpu1 = (
-                schedstat(scheduler_pid),
-                schedstat(extender_pid),
-                machine_busy(),
-            );
-            let per_pod = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
-                (Some(a), Some(b)) => format!("{:.0}", (b - a).as_micros() as f64 / pods as f64),
-                _ => "?".into(),
-            };
-            let cost = format!(
-                "per pod (us): scheduler cpu {} wait {}, extender cpu {}, machine cpu {}",
-                per_pod(cpu0.0.map(|c| c.0), cpu1.0.map(|c| c.0)),
-                per_pod(cpu0.0.map(|c| c.1), cpu1.0.map(|c| c.1)),
-                match mode {
-                    Mode::Extender | Mode::ExtenderNoFilter => {
-                        per_pod(cpu0.1.map(|c| c.0), cpu1.1.map(|c| c.0))
-                    }
-                    _ => "-".into(),
-                },
-                per_pod(cpu0.2, cpu1.2),
-            );
+            let ours = matches!(mode, Mode::Extender | Mode::ExtenderNoFilter);
+            let cost = Costs::read(pids).per_pod_since(&costs_at_start, pods, ours);
             let text = cluster.component_metrics(&http, port).await?;
             let failed = metric_sum(
                 &text,
